@@ -1,0 +1,81 @@
+"""The error tree. Every error says what failed, where, and what to do about it.
+
+::
+
+    QctraceError
+    ├── ConfigError                 bad or missing configuration (names file and key)
+    ├── SchemaMismatch              a batch that is not READING_SCHEMA
+    ├── ReaderError                 an edge reader cannot read its device
+    │   └── ReaderTimeout
+    ├── FrameError                  one serial frame rejected (counted, never a reading)
+    ├── SinkCommitError             the Parquet sink could not commit; upstream must not ack
+    └── LedgerError
+        └── LedgerIntegrityError    verification failed: carries the first bad event
+            └── ChainBroken
+
+Verification raises and never returns ``False``: a caller cannot forget to check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class QctraceError(Exception):
+    """Base of every error qctrace raises on purpose; the CLI turns it into a message and exit code."""
+
+    exit_code = 1
+
+
+class ConfigError(QctraceError):
+    exit_code = 2
+
+
+class SchemaMismatch(QctraceError):
+    def __init__(self, expected: Any, got: Any) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(
+            "record batch does not match the reading schema (qctrace.schema.READING_SCHEMA);"
+            f" build batches with qctrace.schema.batch_from_columns.\nexpected:\n{expected}\ngot:\n{got}"
+        )
+
+
+class ReaderError(QctraceError):
+    pass
+
+
+class ReaderTimeout(ReaderError):
+    pass
+
+
+class FrameError(QctraceError):
+    """A serial frame failed a check. ``reason`` is a short machine-readable tag for counters."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"bad frame ({reason}){': ' + detail if detail else ''}")
+
+
+class SinkCommitError(QctraceError):
+    pass
+
+
+class LedgerError(QctraceError):
+    pass
+
+
+class LedgerIntegrityError(LedgerError):
+    """Verification failed. ``index`` is the 0-based position of the first bad event (or None)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, index: int | None = None, expected: str = "", computed: str = "") -> None:
+        self.index = index
+        self.expected = expected
+        self.computed = computed
+        super().__init__(message)
+
+
+class ChainBroken(LedgerIntegrityError):
+    pass
