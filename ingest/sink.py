@@ -1,0 +1,215 @@
+"""Parquet sink: Hive-partitioned (``site=/line=/date=``), zstd, sorted by (sensor, ts) per file.
+
+Commit protocol (one writer per dataset):
+
+1. Each partition's rows are written to ``.<name>.tmp`` beside the final name and fsynced.
+2. Each temporary file is renamed to its final ``part-*.parquet`` name; the directory is fsynced.
+3. The commit record ``<state>/commit.json`` (every committed file with its rows and SHA-256, and
+   the highest ``seq`` per source) is written to a temporary file, fsynced and renamed over the
+   old one. Only now is the batch committed.
+
+On open, any ``part-*.parquet`` not named in the commit record (a crash between 2 and 3) and any
+``.tmp`` file (a crash in 1) is deleted: its rows were never committed, so upstream still holds
+them and will deliver them again. Rows whose ``seq`` is at or below their source's high-water mark
+are dropped as duplicates before they are buffered.
+
+Readers that glob the directory may briefly see a file between steps 2 and 3. The partition
+columns live in the path only, as Hive layout expects; ``read_dataset`` restores them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from qctrace.errors import SinkCommitError
+from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch, source_keys
+
+log = logging.getLogger(__name__)
+
+PARTITION_COLUMNS = ("site", "line")
+_FILE_SCHEMA = pa.schema([f for f in READING_SCHEMA if f.name not in PARTITION_COLUMNS],
+                         metadata={b"qctrace.schema_version": str(SCHEMA_VERSION).encode()})
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedFile:
+    path: str  # relative to the dataset root
+    rows: int
+    sha256: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ParquetSink:
+    def __init__(self, root: Path, state_dir: Path, flush_rows: int = 200_000, flush_age_s: float = 1.0) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self.flush_rows = flush_rows
+        self.flush_age_s = flush_age_s
+        self.files: list[CommittedFile] = []
+        self.committed_hwm: dict[str, int] = {}
+        self._accepted_hwm: dict[str, int] = {}
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_rows = 0
+        self._first_buffered = 0.0
+        self.duplicates_dropped = 0
+        self.rows_committed = 0
+        self._open()
+
+    @property
+    def commit_path(self) -> Path:
+        return self.state_dir / "commit.json"
+
+    def _open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.commit_path.exists():
+            rec = json.loads(self.commit_path.read_text())
+            self.files = [CommittedFile(**f) for f in rec["files"]]
+            self.committed_hwm = {k: int(v) for k, v in rec["hwm"].items()}
+        self._accepted_hwm = dict(self.committed_hwm)
+        self.rows_committed = sum(f.rows for f in self.files)
+        known = {f.path for f in self.files}
+        for p in self.root.rglob("*"):
+            rel = p.relative_to(self.root).as_posix()
+            if p.is_file() and (p.name.endswith(".tmp") or (p.suffix == ".parquet" and rel not in known)):
+                log.warning("sink.recover removing_uncommitted=%s", rel)
+                p.unlink()
+
+    def dedupe(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of ``batch`` not seen before (by source high-water mark); marks them seen.
+
+        Sources deliver in ``seq`` order (the in-process transport and a per-source spool
+        preserve it), so a high-water mark per source is an exact duplicate test.
+        """
+        check_batch(batch)
+        if batch.num_rows == 0:
+            return batch
+        enc = pc.dictionary_encode(source_keys(batch))
+        names = enc.dictionary.to_pylist()
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        seq = batch.column("seq").to_numpy().astype(np.int64)
+        hwm = np.array([self._accepted_hwm.get(n, -1) for n in names], dtype=np.int64)
+        fresh = seq > hwm[codes]
+        new_max = np.full(len(names), -1, dtype=np.int64)
+        np.maximum.at(new_max, codes, seq)
+        for i, n in enumerate(names):
+            if new_max[i] > self._accepted_hwm.get(n, -1):
+                self._accepted_hwm[n] = int(new_max[i])
+        kept = int(fresh.sum())
+        self.duplicates_dropped += len(seq) - kept
+        return batch if kept == len(seq) else batch.filter(pa.array(fresh))
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Buffer rows (already deduplicated and flagged) for the next commit."""
+        if batch.num_rows == 0:
+            return
+        if not self._buffer:
+            self._first_buffered = time.monotonic()
+        self._buffer.append(batch)
+        self._buffered_rows += batch.num_rows
+
+    def due(self) -> bool:
+        return self._buffered_rows >= self.flush_rows or (
+            self._buffered_rows > 0 and time.monotonic() - self._first_buffered >= self.flush_age_s)
+
+    def flush(self) -> list[CommittedFile]:
+        """Write and commit everything buffered; returns the files committed."""
+        if not self._buffer:
+            return []
+        table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
+        date = pc.strftime(table.column("ts"), format="%Y-%m-%d")
+        part_key = pc.binary_join_element_wise(table.column("site").cast(pa.string()),
+                                               table.column("line").cast(pa.string()), date, "\x1f")
+        enc = pc.dictionary_encode(part_key).combine_chunks()
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        staged: list[tuple[Path, Path, int]] = []
+        try:
+            for code, key in enumerate(enc.dictionary.to_pylist()):
+                site, line, day = key.split("\x1f")
+                rows = table.filter(pa.array(codes == code))
+                order = pc.sort_indices(pa.table({"s": rows.column("sensor").cast(pa.string()),
+                                                  "t": rows.column("ts")}),
+                                        sort_keys=[("s", "ascending"), ("t", "ascending")])
+                rows = rows.take(order).drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
+                    _FILE_SCHEMA.metadata)
+                d = self.root / f"site={quote(site, safe='')}" / f"line={quote(line, safe='')}" / f"date={day}"
+                d.mkdir(parents=True, exist_ok=True)
+                final = d / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+                tmp = d / f".{final.name}.tmp"
+                # Step 1: write under a temporary name and fsync.
+                with open(tmp, "wb") as fh:
+                    pq.write_table(rows.cast(_FILE_SCHEMA), fh, compression="zstd", row_group_size=1 << 20)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                staged.append((tmp, final, rows.num_rows))
+            # Step 2: rename into place.
+            new_files = []
+            for tmp, final, n in staged:
+                os.replace(tmp, final)
+                _fsync_dir(final.parent)
+                new_files.append(CommittedFile(final.relative_to(self.root).as_posix(), n, _sha256(final)))
+            log.info("sink.step2 renamed=%d", len(new_files))
+            # Step 3: the commit record, atomically.
+            self._write_commit(self.files + new_files, self._accepted_hwm)
+        except OSError as exc:
+            for tmp, _, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise SinkCommitError(f"{self.root}: cannot commit {table.num_rows} readings: {exc}") from exc
+        self.files.extend(new_files)
+        self.committed_hwm = dict(self._accepted_hwm)
+        self.rows_committed += table.num_rows
+        self._buffer.clear()
+        self._buffered_rows = 0
+        log.info("sink.commit files=%d rows=%d", len(new_files), table.num_rows)
+        return new_files
+
+    def _write_commit(self, files: list[CommittedFile], hwm: dict[str, int]) -> None:
+        rec = {"version": 1, "schema_version": SCHEMA_VERSION, "hwm": hwm,
+               "files": [{"path": f.path, "rows": f.rows, "sha256": f.sha256} for f in files]}
+        tmp = self.commit_path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(rec, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.commit_path)
+        _fsync_dir(self.state_dir)
+
+
+def read_dataset(root: Path) -> pa.Table:
+    """Every committed reading under ``root`` as a ``READING_SCHEMA`` table (cold path, tests)."""
+    files = sorted(str(p) for p in root.rglob("part-*.parquet"))
+    if not files:
+        return READING_SCHEMA.empty_table()
+    part = ds.partitioning(pa.schema([("site", pa.string()), ("line", pa.string())]), flavor="hive")
+    dataset = ds.dataset(files, format="parquet", partitioning=part, partition_base_dir=str(root))
+    table = dataset.to_table(columns=[*READING_SCHEMA.names])
+    return pa.Table.from_arrays([table.column(f.name).cast(f.type) for f in READING_SCHEMA], schema=READING_SCHEMA)
