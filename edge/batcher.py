@@ -107,6 +107,16 @@ class BatchBuilder:
         self._value.append(value)
         self._quality.append(quality)
 
+    def received_per_source(self) -> dict[str, int]:
+        """Readings received per source: already built into batches plus still buffered."""
+        out = dict(self.emitted_per_source)
+        if self._stream:
+            src = np.asarray(self.streams.source_of, dtype=np.int32)[np.asarray(self._stream, dtype=np.int32)]
+            for s, n in zip(*np.unique(src, return_counts=True), strict=True):
+                name = self.streams.sources[s]
+                out[name] = out.get(name, 0) + int(n)
+        return out
+
     def build(self) -> pa.RecordBatch | None:
         if not self._ts:
             return None

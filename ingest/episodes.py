@@ -61,8 +61,9 @@ class EpisodeTracker:
         need = int(idx.max()) + 1
         if need > self._cap:
             self._grow(max(need, 2 * self._cap))
-        ts = batch.column("ts").cast(pa.int64()).to_numpy()
-        values = batch.column("value").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        ts = kernels.readonly(batch.column("ts").cast(pa.int64()).to_numpy())
+        values = kernels.readonly(batch.column("value").to_numpy(zero_copy_only=False))
+        flags = kernels.readonly(flags)
         out = [np.empty(n, dtype=t) for t in (np.int64, np.int64, np.int64, np.uint32, np.float64, np.float64,
                                                np.int64, np.int64)]
         opened = np.zeros(n, dtype=np.uint8)

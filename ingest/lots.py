@@ -53,7 +53,8 @@ class LotTracker:
             "lot": batch.column("lot").cast(pa.string()),
             "ts": batch.column("ts").cast(pa.int64()),
             "flagged": pc.cast(pc.not_equal(pa.array(flags), 0), pa.int64()),
-        }).filter(pc.is_valid(pa.field("lot")))
+        })
+        t = t.filter(pc.is_valid(t.column("lot")))
         groups = t.group_by(["site", "line", "lot"]).aggregate(
             [("ts", "min"), ("ts", "max"), ("ts", "count"), ("flagged", "sum")]
         ).sort_by([("ts_min", "ascending")])

@@ -67,8 +67,8 @@ class Detector:
         """(sensor index, flags uint32, z float64) per row; updates the detector's state."""
         check_batch(batch)
         idx = self.indices(batch)
-        values = batch.column("value").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        quality = batch.column("quality").to_numpy(zero_copy_only=False)
+        values = kernels.readonly(batch.column("value").to_numpy(zero_copy_only=False))
+        quality = kernels.readonly(batch.column("quality").to_numpy(zero_copy_only=False))
         flags = np.zeros(len(idx), dtype=np.uint32)
         z = np.zeros(len(idx), dtype=np.float64)
         kernels.spec_ewma(idx, values, quality, self.lsl, self.usl, self.lam, self.zlim, self.warmup,

@@ -114,3 +114,31 @@ def episodes(idx, ts, flags, values, is_open, start, last, mask, vmin, vmax, nfl
             out_row[k] = i
             k += 1
     return k
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    """Mark an input read-only, as Arrow-backed arrays are, so kernels see one array type."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel now, so the first batch does not pay for it.
+
+    The argument types match the detector's calls exactly, read-only where the arrays come
+    straight from Arrow buffers, so no second specialisation is compiled later.
+    """
+    def i() -> np.ndarray:
+        return np.zeros(1, np.int64)
+
+    def f() -> np.ndarray:
+        return np.zeros(1, np.float64)
+
+    def u() -> np.ndarray:
+        return np.zeros(1, np.uint32)
+
+    spec_ewma(i(), readonly(f()), readonly(np.zeros(1, np.uint8)), f(), f(), f(), f(), i(), f(), f(), i(), u(), f())
+    episodes(i(), readonly(i()), readonly(u()), readonly(f()), np.zeros(1, np.bool_), i(), i(), u(), f(), f(), i(),
+             i(), i(), i(), u(), f(), f(), i(), i(), np.zeros(1, np.uint8))

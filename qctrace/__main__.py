@@ -1,0 +1,3 @@
+from qctrace.cli import main
+
+main()

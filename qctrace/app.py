@@ -1,0 +1,313 @@
+"""Wiring: the only module (with the CLI) that knows every stage and connects them.
+
+``run_demo`` starts the simulated plant as a child process, edge readers against it over real
+TCP and a real pty, the in-process transport, ingest, the ledger and, optionally, the dashboard;
+runs until the duration ends or it is told to stop, then shuts down in data-flow order so that
+every reading the simulator sent is committed before anything closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from edge import BatchBuilder, InProcessTransport, OpcUaReader, SeqAllocator, SerialReader, StreamTable
+from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario
+from ingest import Episode, Ingest, LotFinished, LotStarted, read_dataset
+from ingest.detect.kernels import warm_up
+from ledger import Ledger, events
+from qctrace.config import Config
+from qctrace.errors import QctraceError, ReaderError
+from qctrace.schema import source_keys
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "ledger.sqlite"
+READINGS_DIR = "readings"
+TRUTH_DIR = "truth"
+
+
+def ledger_path(data_dir: Path) -> Path:
+    return data_dir / LEDGER_FILE
+
+
+def facts_to_events(facts: list, shipments: dict[str, tuple[str, str]] | None = None) -> list[dict]:
+    """Ingest's facts as ledger events. ``shipments`` maps shipment id to (lot, logger)."""
+    out = []
+    for f in facts:
+        if isinstance(f, LotStarted):
+            if f.site == COLDCHAIN_SITE and shipments and f.line in shipments:
+                out.append(events.lot_shipped(f.lot, f.line, shipments[f.line][1], f.at_ns))
+            else:
+                out.append(events.lot_started(f.lot, f.site, f.line, f.at_ns))
+        elif isinstance(f, LotFinished):
+            out.append(events.lot_finished(f.lot, f.site, f.line, f.at_ns, f.readings, f.flagged))
+        elif isinstance(f, Episode):
+            out.append(events.anomaly_episode(f.lot, f.sensor, f.start_ns, f.end_ns, f.flags, f.rules,
+                                              f.min_value, f.max_value, f.readings))
+    return out
+
+
+@dataclass
+class DemoSummary:
+    duration_s: float
+    produced: dict[str, int]
+    written: dict[str, int]
+    readings_in: int
+    duplicates: int
+    flagged: int
+    episodes: int
+    ledger_events: int
+    ledger_head: str
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"qctrace demo: ran {self.duration_s:.1f} s", "", "readings per source      produced   written"]
+        for src in sorted(set(self.produced) | set(self.written)):
+            out.append(f"  {src:<32} {self.produced.get(src, 0):>8} {self.written.get(src, 0):>9}")
+        out += [
+            f"  {'total':<32} {sum(self.produced.values()):>8} {sum(self.written.values()):>9}",
+            "",
+            f"ingest: {self.readings_in} readings in, {self.duplicates} duplicates dropped,"
+            f" {self.flagged} flagged, {self.episodes} anomaly episodes",
+            f"ledger: {self.ledger_events} events, head {self.ledger_head}",
+            "",
+            *(f"{k:<9} {v}" for k, v in self.paths.items()),
+        ]
+        return out
+
+
+class _Child:
+    """A child process in its own session, stopped politely and then firmly; never left behind."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except TimeoutError:
+            log.warning("app.child_kill name=%s", self.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+async def _start_sim(cfg: Config, data_dir: Path) -> tuple[_Child, dict]:
+    p = cfg.plant
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "qctrace", "sim", p.scenario, "--seed", str(p.seed), "--speed", str(p.speed),
+        "--host", p.host, "--port", str(p.opcua_port), "--truth-dir", str(data_dir / TRUTH_DIR), "--control",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    child = _Child(proc, "sim")
+    try:
+        ready = await _expect(proc, "ready", 60.0)
+    except BaseException:
+        await child.stop()
+        raise
+    return child, ready
+
+
+async def _expect(proc: asyncio.subprocess.Process, event: str, timeout_s: float) -> dict:
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise QctraceError(f"the simulator exited before saying {event!r} (exit code {await proc.wait()})")
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line)
+                if msg.get("event") == event:
+                    return msg
+
+
+async def _tell(proc: asyncio.subprocess.Process, command: str) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(command.encode() + b"\n")
+        await proc.stdin.drain()
+
+
+async def start_dashboard(data_dir: Path, port: int, address: str = "localhost") -> _Child:
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", address,
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--data-dir", str(data_dir),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+    )
+    return _Child(proc, "dashboard")
+
+
+async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
+                   say: Callable[[str], None] = lambda s: None) -> DemoSummary:
+    data_dir = cfg.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    scenario = load_scenario(cfg.plant.scenario)
+    shipments = {sh.id: (sh.lot, sh.logger) for sh in scenario.shipments}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    warm_up()  # compile (or load cached) kernels before the plant starts, not on the first batch
+    ledger = Ledger(ledger_path(data_dir))
+    ingest = Ingest(data_dir, cfg.detect, cfg.sink, lambda facts: ledger.append_many(facts_to_events(facts, shipments)))
+    transport = InProcessTransport()
+    streams = StreamTable()
+    seqs = SeqAllocator(data_dir / "edge" / "seq.json")
+    sim, ready = await _start_sim(cfg, data_dir)
+    say(f"simulated plant: OPC UA {ready['opcua']}, loggers {ready['serial']}")
+    children = [sim]
+    t0 = time.monotonic()
+    try:
+        e = cfg.edge
+        readers = []
+        if ready["opcua"]:
+            readers.append(OpcUaReader(ready["opcua"], BatchBuilder(streams, seqs), transport.send,
+                                       publishing_interval_ms=e.publishing_interval_ms, queue_size=e.queue_size,
+                                       batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s))
+        for sh in scenario.shipments:
+            readers.append(SerialReader(ready["serial"][sh.id], COLDCHAIN_SITE, sh.id, sh.logger,
+                                        BatchBuilder(streams, seqs), transport.send, lot=sh.lot,
+                                        baudrate=e.serial_baudrate, batch_max_rows=e.batch_max_rows,
+                                        batch_max_age_s=e.batch_max_age_s))
+        async with contextlib.AsyncExitStack() as stack:
+            for r in readers:
+                await stack.enter_async_context(r)
+            ingest_task = asyncio.create_task(ingest.run(transport.receive()))
+            reader_stop = asyncio.Event()
+            reader_tasks = [asyncio.create_task(r.run(reader_stop)) for r in readers]
+            try:
+                await _tell(sim.proc, "start")
+                if dashboard:
+                    children.append(await start_dashboard(data_dir, cfg.dashboard.port, cfg.dashboard.address))
+                    say(f"dashboard: http://{cfg.dashboard.address}:{cfg.dashboard.port}")
+                say("running" + (f" for {duration_s:g} s" if duration_s else "; Ctrl-C stops")
+                    + f"; data in {data_dir}")
+                await _wait(stop, duration_s, [*reader_tasks, ingest_task], lambda: say(
+                    f"  {time.monotonic() - t0:5.0f} s  readings {ingest.stats.readings_in:>7}  committed"
+                    f" {ingest.sink.rows_committed:>7}  flagged {ingest.stats.flagged:>5}  episodes"
+                    f" {ingest.stats.episodes:>3}"))
+                say("stopping: simulator first, then readers drain, then ingest commits")
+                await _tell(sim.proc, "stop")
+                stopped = await _expect(sim.proc, "stopped", 30.0)
+                produced = {k: int(v) for k, v in stopped["produced"].items()}
+                await _drain(readers, produced, timeout_s=20.0)
+                reader_stop.set()
+                await asyncio.gather(*reader_tasks)
+            except BaseException:
+                for t in [*reader_tasks, ingest_task]:
+                    t.cancel()
+                await asyncio.gather(*reader_tasks, ingest_task, return_exceptions=True)
+                raise
+        await transport.close()
+        await ingest_task
+    finally:
+        await _tell(sim.proc, "quit")
+        for c in children:
+            await c.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    written = _written_per_source(data_dir / READINGS_DIR)
+    n, head = ledger.head()
+    ledger.close()
+    return DemoSummary(
+        duration_s=time.monotonic() - t0, produced=produced, written=written, readings_in=ingest.stats.readings_in,
+        duplicates=ingest.stats.duplicates, flagged=ingest.stats.flagged, episodes=ingest.stats.episodes,
+        ledger_events=n, ledger_head=head.hex(),
+        paths={"readings": str(data_dir / READINGS_DIR), "ledger": str(ledger_path(data_dir)),
+               "truth": str(data_dir / TRUTH_DIR)},
+    )
+
+
+async def _wait(stop: asyncio.Event, duration_s: float | None, tasks: list[asyncio.Task],
+                report: Callable[[], None], every_s: float = 5.0) -> None:
+    """Until stop, the duration, or a task dying (whose error is then raised)."""
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    while not stop.is_set():
+        left = every_s if deadline is None else min(every_s, deadline - time.monotonic())
+        if left <= 0:
+            return
+        done, _ = await asyncio.wait([*tasks, asyncio.ensure_future(stop.wait())], timeout=left,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t in tasks:
+                t.result()  # a reader or ingest died: raise its error
+                raise ReaderError("a pipeline stage stopped unexpectedly")
+        report()
+
+
+async def _drain(readers: list, produced: dict[str, int], timeout_s: float) -> None:
+    """Wait until the readers have received every reading the simulator says it sent."""
+    deadline = time.monotonic() + timeout_s
+    pending: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        seen: dict[str, int] = {}
+        for r in readers:
+            for src, n in r.builder.received_per_source().items():
+                seen[src] = seen.get(src, 0) + n
+        pending = {s: n - seen.get(s, 0) for s, n in produced.items() if n > seen.get(s, 0)}
+        if not pending:
+            return
+        await asyncio.sleep(0.1)
+    log.warning("app.drain_timeout missing=%s", pending)
+
+
+def _written_per_source(root: Path) -> dict[str, int]:
+    table = read_dataset(root)
+    if table.num_rows == 0:
+        return {}
+    counts = pc.value_counts(source_keys(table))
+    return {d["values"]: d["counts"] for d in counts.to_pylist()}
+
+
+def trace_lot(data_dir: Path, lot: str) -> list[str]:
+    """Human-readable trace of a lot: its ledger events, then its readings per sensor."""
+    from ingest.query import lot_summary
+
+    with Ledger(ledger_path(data_dir), readonly=True) as led:
+        evs = list(led.events(lot=lot))
+    if not evs:
+        raise QctraceError(f"lot {lot!r}: no events in the ledger at {ledger_path(data_dir)}")
+    out = [f"lot {lot}: {len(evs)} ledger events"]
+    for e in evs:
+        d = e.as_dict()
+        where = d.get("readPoint", {}).get("id", "")
+        extra = d.get("anomaly", {}).get("sensor", "") + " " + d.get("anomaly", {}).get("rules", "")
+        out.append(f"  #{e.idx:<5} {e.event_time}  {e.kind:<16} {where} {extra.strip()}")
+    summary = lot_summary(data_dir / READINGS_DIR, lot)
+    if summary.num_rows:
+        out.append("readings:")
+        for r in summary.to_pylist():
+            out.append(f"  {r['sensor_key']:<40} {r['readings']:>7} readings {r['flagged']:>5} flagged"
+                       f"  min {r['min_value']:.3f}  mean {r['mean_value']:.3f}  max {r['max_value']:.3f}")
+    return out
+
+
+def serve_dashboard(data_dir: Path, port: int, address: str = "localhost") -> None:
+    """Run the dashboard in the foreground until Ctrl-C."""
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address",
+           address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--data-dir",
+           str(data_dir.resolve())]
+    with contextlib.suppress(KeyboardInterrupt):
+        subprocess.run(cmd, check=False)

@@ -1,0 +1,183 @@
+"""The ``qctrace`` command: thin over the library. Each command loads the configuration, calls one
+library function and turns a ``QctraceError`` into a message on stderr and an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from qctrace.config import Config, load_config
+from qctrace.errors import QctraceError
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TOML configuration file. Default: the shipped demo configuration (qctrace/demo.toml).")
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where readings (Parquet), the ledger and ground truth live. Default: data_dir from the configuration.")
+
+
+def _errors(fn):
+    """Library errors become one readable line and the error's exit code, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QctraceError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def _load(config_path: Path | None, data_dir: Path | None) -> Config:
+    return load_config(config_path).with_overrides(data_dir=data_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """qctrace: quality control and traceability for IoT production lines and cold chains.
+
+    Edge readers collect readings from OPC UA PLCs and serial loggers, ingest flags anomalies with
+    Numba kernels and writes partitioned Parquet, and a hash-chained ledger records lots, anomaly
+    episodes and shipments so auditors can verify them. Start with `qctrace demo`.
+    """
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("asyncua").setLevel(max(level, logging.ERROR))
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@click.option("--duration", type=click.FloatRange(min=1), default=None,
+              help="Stop by itself after this many seconds. Default: run until Ctrl-C.")
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
+              help="Serve the Streamlit dashboard while the demo runs.")
+@click.option("--seed", type=int, default=None, help="Scenario seed (default from the configuration).")
+@click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=None,
+              help="Simulated seconds per real second (default from the configuration).")
+@_errors
+def demo(config_path: Path | None, data_dir: Path | None, duration: float | None, dashboard: bool,
+         seed: int | None, speed: float | None) -> None:
+    """Run the whole pipeline on the simulated plant.
+
+    Starts an OPC UA line PLC and a cold-chain logger on a pseudo-terminal, reads them over real
+    TCP and the real pty, flags anomalies, writes Parquet under DATA_DIR/readings, records lots
+    and anomaly episodes in DATA_DIR/ledger.sqlite, and (unless --no-dashboard) serves the
+    dashboard on http://localhost:8501. Prints a summary when it stops.
+    """
+    from qctrace.app import run_demo
+
+    cfg = _load(config_path, data_dir).with_overrides(**{"plant.seed": seed, "plant.speed": speed})
+    summary = asyncio.run(run_demo(cfg, duration, dashboard, say=lambda s: click.echo(s, err=True)))
+    click.echo("\n".join(summary.lines()))
+    missing = {s: n - summary.written.get(s, 0) for s, n in summary.produced.items() if summary.written.get(s, 0) < n}
+    if missing:
+        click.echo(f"error: readings missing from Parquet: {missing}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("scenario", default="demo")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed: same seed, same readings.")
+@click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=1.0, show_default=True,
+              help="Simulated seconds per real second.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the OPC UA server listens on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="OPC UA port (0 picks a free one).")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="Stop after this many real seconds.")
+@click.option("--truth-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write ground truth (readings.parquet, labels.parquet) here when stopping.")
+@click.option("--control", is_flag=True, hidden=True, help="Child mode: JSON lines out, commands on stdin.")
+@_errors
+def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: float | None,
+        truth_dir: Path | None, control: bool) -> None:
+    """Run the simulated plant alone: OPC UA line PLC(s) and serial loggers on ptys.
+
+    SCENARIO is a shipped scenario name (demo) or a path to a scenario TOML file. Prints the
+    endpoint URL and the pty paths, then runs until Ctrl-C or --duration.
+    """
+    from firmware_sim.process import serve
+    from firmware_sim.scenario import load_scenario
+
+    sc = load_scenario(scenario)
+
+    def announce(endpoints: dict) -> None:
+        click.echo(f"OPC UA endpoint: {endpoints['opcua']}")
+        for sid, path in endpoints["serial"].items():
+            click.echo(f"logger {sid}: {path}")
+
+    try:
+        produced = asyncio.run(serve(sc, seed, speed, truth_dir, host, port, control, duration, announce))
+    except KeyboardInterrupt:
+        return
+    if not control:
+        click.echo(json.dumps({"produced": produced}))
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@_errors
+def verify(config_path: Path | None, data_dir: Path | None) -> None:
+    """Check the ledger's hash chain from the first event to the last.
+
+    Exits 0 and prints the number of events and the head hash when every event is intact; exits 3
+    and names the first bad event when any byte of any event was changed, or events were deleted
+    or reordered.
+    """
+    from ledger import Ledger
+    from qctrace.app import ledger_path
+
+    cfg = _load(config_path, data_dir)
+    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
+        total = len(led)
+        with click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr) as bar:
+            last = [0]
+
+            def progress(done: int, _total: int) -> None:
+                bar.update(done - last[0])
+                last[0] = done
+
+            report = led.verify(progress)
+    click.echo(f"ledger OK: {report.events} events, head {report.head}")
+
+
+@cli.command()
+@click.argument("lot")
+@_config_option
+@_data_dir_option
+@_errors
+def trace(lot: str, config_path: Path | None, data_dir: Path | None) -> None:
+    """Show what the ledger records about LOT, with a summary of its readings."""
+    from qctrace.app import trace_lot
+
+    cfg = _load(config_path, data_dir)
+    for line in trace_lot(cfg.data_dir, lot):
+        click.echo(line)
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default from the configuration).")
+@_errors
+def dashboard(config_path: Path | None, data_dir: Path | None, port: int | None) -> None:
+    """Serve the Streamlit dashboard over an existing data directory (read-only)."""
+    from qctrace.app import serve_dashboard
+
+    cfg = _load(config_path, data_dir)
+    serve_dashboard(cfg.data_dir, port or cfg.dashboard.port, cfg.dashboard.address)
+
+
+def main() -> None:
+    cli(prog_name="qctrace")
