@@ -27,7 +27,9 @@ def _query(root: Path, sql: str, params: list) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")
-        return con.execute(sql.format(src=src), params).fetch_arrow_table()
+        rel = con.sql(sql.format(src=src), params=params)
+        # DuckDB 2 names it to_arrow_table; 1.x has arrow(). Accept both.
+        return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     finally:
         con.close()
 
