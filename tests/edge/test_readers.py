@@ -1,0 +1,84 @@
+"""Readers against the real simulated plant: OPC UA over loopback TCP, serial over a real pty."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyarrow as pa
+import pytest
+
+from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTable
+from firmware_sim.plant import SimulatedPlant
+from firmware_sim.scenario import load_scenario
+from qctrace.errors import ReaderError
+from qctrace.schema import READING_SCHEMA
+
+
+async def _run(readers, plant, ticks: int) -> None:
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        for r in readers:
+            await r.__aenter__()
+        tasks = [tg.create_task(r.run(stop)) for r in readers]
+        await plant.run_ticks(asyncio.Event(), max_ticks=ticks)
+        want = plant.produced()
+        for _ in range(100):
+            got: dict[str, int] = {}
+            for r in readers:
+                for k, v in r.builder.received_per_source().items():
+                    got[k] = got.get(k, 0) + v
+            if got == want:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+    for r in readers:
+        await r.__aexit__(None, None, None)
+    assert all(t.done() for t in tasks)
+
+
+async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot():
+    sc = load_scenario("demo")
+    batches: list[pa.RecordBatch] = []
+
+    async def publish(b: pa.RecordBatch) -> None:
+        batches.append(b)
+
+    async with SimulatedPlant(sc, seed=3, speed=40) as plant:
+        streams = StreamTable()
+        reader = OpcUaReader(plant.endpoints["opcua"], BatchBuilder(streams, SeqAllocator(None)), publish,
+                             publishing_interval_ms=50, batch_max_age_s=0.1)
+        serial = SerialReader(plant.endpoints["serial"]["SHP-0001"], "coldchain", "SHP-0001", "logger-01",
+                              BatchBuilder(streams, SeqAllocator(None)), publish, lot="LOT-X", batch_max_age_s=0.1)
+        await _run([reader, serial], plant, ticks=60)
+        truth = pa.Table.from_batches(plant._truth)
+
+    got = pa.Table.from_batches(batches, schema=READING_SCHEMA)
+    assert got.num_rows == truth.num_rows == 60 * 8
+    plc = got.filter(pa.compute.equal(got.column("device").cast(pa.string()), "plc1"))
+    keys = {(r["sensor"], r["ts"].value if hasattr(r["ts"], "value") else r["ts"]) for r in
+            plc.select(["sensor", "ts"]).cast(pa.schema([("sensor", pa.string()), ("ts", pa.int64())])).to_pylist()}
+    assert len(keys) == plc.num_rows == 240  # a stuck value would still be one reading per sample
+    assert set(plc.column("lot").cast(pa.string()).to_pylist()) == {"LOT-2026-11-02-L1-0001"}
+    seqs = sorted(plc.column("seq").to_pylist())
+    assert seqs == list(range(240))
+    log = got.filter(pa.compute.equal(got.column("device").cast(pa.string()), "logger-01"))
+    assert set(log.column("lot").cast(pa.string()).to_pylist()) == {"LOT-X"}
+    assert sorted(log.column("value").to_pylist()) == sorted(
+        truth.filter(pa.compute.equal(truth.column("source"), "coldchain/SHP-0001/logger-01"))
+        .column("value").to_pylist())
+
+
+async def test_no_server_gives_a_reader_error_naming_the_endpoint():
+    reader = OpcUaReader("opc.tcp://127.0.0.1:9/none/", BatchBuilder(StreamTable(), SeqAllocator(None)),
+                         lambda b: None, timeout_s=2)
+    with pytest.raises(ReaderError, match=r"opc\.tcp://127\.0\.0\.1:9/none/"):
+        async with reader:
+            pass
+
+
+async def test_missing_serial_port_gives_a_reader_error_naming_it():
+    reader = SerialReader("/dev/does-not-exist", "c", "s", "d", BatchBuilder(StreamTable(), SeqAllocator(None)),
+                          lambda b: None)
+    with pytest.raises(ReaderError, match="/dev/does-not-exist"):
+        async with reader:
+            pass
