@@ -64,19 +64,18 @@ class Ledger:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
-        if readonly:
-            if not path.exists():
-                raise LedgerError(f"{path}: no ledger here (run the pipeline first, or check --data-dir)")
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
+        if readonly and not path.exists():
+            raise LedgerError(f"{path}: no ledger here (run the pipeline first, or check --data-dir)")
+        if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
-            self._db.execute("SELECT count(*) FROM events").fetchone()
+            self._db.execute("SELECT idx, kind, lot, event_time, body, prev_hash, hash FROM events LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise LedgerError(f"{path}: not a qctrace ledger ({exc})") from None
