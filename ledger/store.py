@@ -68,7 +68,7 @@ class Ledger:
             raise LedgerError(f"{path}: no ledger here (run the pipeline first, or check --data-dir)")
         if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        uri = path.resolve().as_uri() + ("?mode=ro" if readonly else "")
         self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             if not readonly:
