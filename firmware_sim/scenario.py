@@ -182,7 +182,7 @@ class PlantGenerator:
         by_target = {f"{s.line}/{s.sensor}": s.index for s in self.streams}
         self._faults = [(by_target[f.target], f) for f in scenario.faults]
         self.start_ns = int(scenario.plant.start.timestamp() * 1e9)
-        self.tick_ns = int(round(scenario.plant.tick_s * 1e9))
+        self.tick_ns = round(scenario.plant.tick_s * 1e9)
 
     @property
     def next_tick(self) -> int:

@@ -24,7 +24,7 @@ QUALITY_BAD = np.uint8(Quality.BAD)
 
 
 @njit(cache=True, nogil=True)
-def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, mean, var, count, flags, z):  # pragma: no cover
+def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, mean, var, count, flags, z):
     """Spec limits and EWMA z-score for one batch, updating per-sensor ``mean``/``var``/``count``.
 
     z is the deviation from the EWMA mean in units of the EWMA standard deviation, computed
@@ -73,7 +73,7 @@ def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, mean, var, coun
 
 @njit(cache=True, nogil=True)
 def episodes(idx, ts, flags, values, is_open, start, last, mask, vmin, vmax, nflag,
-             out_sensor, out_start, out_end, out_mask, out_min, out_max, out_n, out_row, opened_row):  # pragma: no cover
+             out_sensor, out_start, out_end, out_mask, out_min, out_max, out_n, out_row, opened_row):
     """Group consecutive flagged readings of a sensor into episodes.
 
     An episode opens at a sensor's first flagged reading and closes at its next unflagged one;

@@ -95,3 +95,10 @@ def test_frame_from_another_device_and_a_repeated_seq_are_refused():
     with pytest.raises(FrameError) as exc:
         parse_frame(f, "logger-01", last_seq=0)
     assert exc.value.reason == "duplicate"
+
+
+def test_crc_is_crc16_ccitt_false_as_protocol_md_says():
+    import binascii
+
+    assert binascii.crc_hqx(b"123456789", 0xFFFF) == 0x29B1
+    assert parse_frame(b"$QC1,logger-01,0,1793599200000,4.68,60.2,0,3.600*8FBB\r\n").temperature == 4.68

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
 import pytest
@@ -23,7 +24,7 @@ def _fill(path, n=20) -> list:
 def test_appended_events_chain_from_genesis_and_verify(tmp_path):
     stored = _fill(tmp_path / "l.sqlite", 5)
     assert stored[0].prev_hash == GENESIS
-    assert all(b.prev_hash == a.hash for a, b in zip(stored, stored[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(stored))
     with Ledger(tmp_path / "l.sqlite", readonly=True) as led:
         report = led.verify()
         assert report.events == 5 and report.head == stored[-1].hash.hex()

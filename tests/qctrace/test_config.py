@@ -41,7 +41,7 @@ def test_unknown_key_is_an_error_not_silently_ignored(tmp_path):
 def test_inverted_spec_limits_are_refused(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[[detect.sensors]]\nmatch='*'\nlsl=5\nusl=1\n")
-    with pytest.raises(ConfigError, match="lsl .* must be below usl"):
+    with pytest.raises(ConfigError, match=r"lsl .* must be below usl"):
         load_config(p)
 
 
