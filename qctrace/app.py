@@ -88,6 +88,15 @@ class DemoSummary:
         return out
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the demo dies, even by kill -9."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class _Child:
     """A child process in its own session, stopped politely and then firmly; never left behind."""
 
@@ -115,6 +124,7 @@ async def _start_sim(cfg: Config, data_dir: Path) -> tuple[_Child, dict]:
         sys.executable, "-m", "qctrace", "sim", p.scenario, "--seed", str(p.seed), "--speed", str(p.speed),
         "--host", p.host, "--port", str(p.opcua_port), "--truth-dir", str(data_dir / TRUTH_DIR), "--control",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     child = _Child(proc, "sim")
     try:
@@ -151,6 +161,7 @@ async def start_dashboard(data_dir: Path, port: int, address: str = "localhost")
         sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", address,
         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--data-dir", str(data_dir),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     return _Child(proc, "dashboard")
 
