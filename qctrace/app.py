@@ -155,11 +155,16 @@ async def _tell(proc: asyncio.subprocess.Process, command: str) -> None:
         await proc.stdin.drain()
 
 
-async def start_dashboard(data_dir: Path, port: int, address: str = "localhost") -> _Child:
+def _dashboard_cmd(data_dir: Path, port: int, address: str) -> list[str]:
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address",
+            address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer", "--", "--data-dir", str(data_dir.resolve())]
+
+
+async def start_dashboard(data_dir: Path, port: int, address: str = "localhost") -> _Child:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", address,
-        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--data-dir", str(data_dir),
+        *_dashboard_cmd(data_dir, port, address),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -316,9 +321,5 @@ def serve_dashboard(data_dir: Path, port: int, address: str = "localhost") -> No
     """Run the dashboard in the foreground until Ctrl-C."""
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address",
-           address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--data-dir",
-           str(data_dir.resolve())]
     with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(cmd, check=False)
+        subprocess.run(_dashboard_cmd(data_dir, port, address), check=False)
