@@ -1,4 +1,4 @@
-"""A line PLC as a real asyncua OPC UA server on loopback TCP.
+"""A line PLC as a real asyncua OPC UA server on TCP.
 
 Address space (ISA-95 shaped, browse names in namespace ``urn:qctrace:sim``)::
 
@@ -6,25 +6,49 @@ Address space (ISA-95 shaped, browse names in namespace ``urn:qctrace:sim``)::
       <site>/                 Object
         <line>/               Object
           Lot                 String  (the lot in production; changes at changeovers)
-          <device>/           Object  (the PLC)
-            <tag>             Double  (EngineeringUnits in the description for now)
+          <device>/           Object  (the PLC or one of its I/O stations)
+            <tag>             Double  with properties EngineeringUnits (EUInformation) and EURange (Range)
 
-NodeIds are strings ``<site>/<line>/<device>/<tag>`` and ``<site>/<line>/Lot`` so a tag's NodeId
-and its browse path say the same thing. Every value carries its simulated source timestamp.
+NodeIds are strings ``<site>/<line>/<device>/<tag>`` and ``<site>/<line>/Lot``, so a tag's NodeId
+and its browse path say the same thing. Every value carries its simulated source timestamp and
+the status code a real PLC would give it: ``Good``, ``Bad_SensorFailure`` (a broken sensor),
+``Bad_NotConnected`` (an I/O station lost), ``Bad_WaitingForInitialData`` before the first sample.
+
+Endpoints: no security, and Basic256Sha256 SignAndEncrypt with a self-signed certificate made on
+first start; optionally username/password (then anonymous logins are refused). The
+OperationLimits a client must honour are advertised under ``Server/ServerCapabilities``.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.server.user_managers import UserManager
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from firmware_sim.scenario import Scenario, Stream
+from firmware_sim.scenario import Stream
 
 log = logging.getLogger(__name__)
 NAMESPACE_URI = "urn:qctrace:sim"
+
+# The Unit of the UNECE table used by EUInformation.UnitId, for the units our scenarios use.
+_UNECE = {"g": ("GRM", "gram"), "degC": ("CEL", "degree Celsius"), "N.m": ("NU", "newton metre"),
+          "bar": ("BAR", "bar"), "units/min": ("C62", "one"), "%RH": ("P1", "percent"), "V": ("VLT", "volt"),
+          "": ("C62", "one")}
+
+
+def _unit_id(code: str) -> int:
+    """EUInformation.UnitId: the UNECE common code packed into an Int32 (OPC UA Part 8, 5.6.3)."""
+    v = 0
+    for ch in code.ljust(3)[:3]:
+        v = (v << 8) | ord(ch)
+    return v
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -38,65 +62,140 @@ def ns_to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=(ns % 1_000_000_000) // 1000)
 
 
-class LinePlcServer:
-    """One asyncua server exposing the lines of a scenario; values pushed with ``write``."""
+@dataclass(frozen=True, slots=True)
+class ServerSecurity:
+    """Which endpoints to offer. ``cert_dir`` holds the server's generated key and certificate."""
 
-    def __init__(self, scenario: Scenario, streams: list[Stream], host: str, port: int) -> None:
-        self.scenario = scenario
+    encrypted: bool = False
+    allow_none: bool = True
+    cert_dir: Path | None = None
+    users: tuple[tuple[str, str], ...] = ()
+
+
+class _Passwords(UserManager):
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = users
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):  # noqa: ANN001 - asyncua API
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+class LinePlcServer:
+    """One asyncua server exposing the given tags; values pushed with ``write``. Restartable."""
+
+    def __init__(self, streams: list[Stream], host: str, port: int, security: ServerSecurity | None = None,
+                 max_nodes_per_call: int = 1000) -> None:
         self.streams = [s for s in streams if s.kind == "opcua"]
+        self.host = host
         self.port = port or free_port(host)
         self.endpoint = f"opc.tcp://{host}:{self.port}/qctrace/"
-        self._server = Server()
-        self._ns = 0
+        self.security = security or ServerSecurity()
+        self.max_nodes_per_call = max_nodes_per_call
+        self._server: Server | None = None
         self._tag_nodes: dict[int, ua.NodeId] = {}
         self._lot_nodes: dict[str, ua.NodeId] = {}
+        self._last_lot: dict[str, tuple[str, int]] = {}
+        self.running = False
 
     async def start(self) -> None:
-        srv = self._server
+        sec = self.security
+        users = dict(sec.users)
+        srv = Server(user_manager=_Passwords(users) if users else None)
         await srv.init()
         srv.set_endpoint(self.endpoint)
         srv.set_server_name("qctrace simulated line PLC")
-        # No security in the walking skeleton; Basic256Sha256 endpoints come with the secure reader.
-        srv.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        self._ns = ns = await srv.register_namespace(NAMESPACE_URI)
-        site_name = self.scenario.plant.site
-        site = await srv.nodes.objects.add_object(ua.NodeId(site_name, ns), ua.QualifiedName(site_name, ns))
-        for line in self.scenario.lines:
-            lpath = f"{site_name}/{line.name}"
-            lnode = await site.add_object(ua.NodeId(lpath, ns), ua.QualifiedName(line.name, ns))
-            lot = await lnode.add_variable(ua.NodeId(f"{lpath}/Lot", ns), ua.QualifiedName("Lot", ns), "",
-                                           ua.VariantType.String)
-            self._lot_nodes[line.name] = lot.nodeid
-            dnode = await lnode.add_object(ua.NodeId(f"{lpath}/{line.device}", ns),
-                                           ua.QualifiedName(line.device, ns))
-            for s in self.streams:
-                if s.line != line.name:
-                    continue
-                var = await dnode.add_variable(ua.NodeId(s.key, ns), ua.QualifiedName(s.sensor, ns), 0.0,
-                                               ua.VariantType.Double)
-                # Until the first sample a real PLC reports "no value yet", not a made-up 0.0.
-                await srv.write_attribute_value(var.nodeid, ua.DataValue(
-                    ua.Variant(0.0, ua.VariantType.Double),
-                    StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))
-                await var.write_attribute(ua.AttributeIds.Description,
-                                          ua.DataValue(ua.Variant(ua.LocalizedText(f"unit={s.unit}"))))
-                self._tag_nodes[s.index] = var.nodeid
+        await srv.set_application_uri(f"urn:qctrace:sim:plc:{self.port}")
+        policies = []
+        if sec.allow_none:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+        if sec.encrypted:
+            assert sec.cert_dir is not None, "an encrypted endpoint needs cert_dir"
+            sec.cert_dir.mkdir(parents=True, exist_ok=True)
+            key, cert = sec.cert_dir / "server-key.pem", sec.cert_dir / "server-cert.der"
+            await setup_self_signed_certificate(key, cert, f"urn:qctrace:sim:plc:{self.port}", socket.gethostname(),
+                                                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                                                {"commonName": "qctrace simulated PLC", "organizationName": "qctrace"})
+            await srv.load_certificate(str(cert))
+            await srv.load_private_key(str(key))
+            policies.append(ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt)
+        srv.set_security_policy(policies)
+        if users:
+            srv.set_security_IDs(["Username"])
+        await self._advertise_limits(srv)
+        await self._build(srv)
         await srv.start()
+        self._server = srv
+        self.running = True
+        for line, (lot, ts) in self._last_lot.items():  # a restarted PLC still knows its lot
+            await self.write_lot(line, lot, ts)
         log.info("opcua.start endpoint=%s tags=%d", self.endpoint, len(self._tag_nodes))
 
-    async def write_lot(self, line: str, lot: str, ts_ns: int) -> None:
+    async def _advertise_limits(self, srv: Server) -> None:
+        limits = srv.get_node(ua.ObjectIds.Server_ServerCapabilities_OperationLimits)
+        for child in await limits.get_children():
+            name = (await child.read_browse_name()).Name
+            if name.startswith("MaxNodesPer") or name == "MaxMonitoredItemsPerCall":
+                await child.write_value(ua.Variant(self.max_nodes_per_call, ua.VariantType.UInt32))
+
+    async def _build(self, srv: Server) -> None:
+        ns = await srv.register_namespace(NAMESPACE_URI)
+        objects: dict[str, object] = {}
+
+        async def obj(path: str, parent, name: str):
+            if path not in objects:
+                objects[path] = await parent.add_object(ua.NodeId(path, ns), ua.QualifiedName(name, ns))
+            return objects[path]
+
+        self._tag_nodes.clear()
+        self._lot_nodes.clear()
+        for s in self.streams:
+            site = await obj(s.site, srv.nodes.objects, s.site)
+            line = await obj(s.line_key, site, s.line)
+            if s.line_key not in self._lot_nodes:
+                lot = await line.add_variable(ua.NodeId(f"{s.line_key}/Lot", ns), ua.QualifiedName("Lot", ns), "",
+                                              ua.VariantType.String)
+                self._lot_nodes[s.line_key] = lot.nodeid
+            dev = await obj(s.source, line, s.device)
+            var = await dev.add_variable(ua.NodeId(s.key, ns), ua.QualifiedName(s.sensor, ns), 0.0,
+                                         ua.VariantType.Double)
+            code, name = _UNECE.get(s.unit, ("C62", s.unit))
+            await var.add_property(ua.NodeId(f"{s.key}/EngineeringUnits", ns),
+                                   ua.QualifiedName("EngineeringUnits", 0),
+                                   ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+                                                    UnitId=_unit_id(code), DisplayName=ua.LocalizedText(s.unit),
+                                                    Description=ua.LocalizedText(name)),
+                                   datatype=ua.NodeId(ua.ObjectIds.EUInformation))
+            await var.add_property(ua.NodeId(f"{s.key}/EURange", ns), ua.QualifiedName("EURange", 0),
+                                   ua.Range(Low=s.eu_low, High=s.eu_high), datatype=ua.NodeId(ua.ObjectIds.Range))
+            # Until the first sample a real PLC reports "no value yet", not a made-up 0.0.
+            await srv.write_attribute_value(var.nodeid, ua.DataValue(
+                ua.Variant(0.0, ua.VariantType.Double),
+                StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))
+            self._tag_nodes[s.index] = var.nodeid
+
+    async def write_lot(self, line_key: str, lot: str, ts_ns: int) -> None:
+        self._last_lot[line_key] = (lot, ts_ns)
+        if not self.running:
+            return
         await self._server.write_attribute_value(
-            self._lot_nodes[line],
+            self._lot_nodes[line_key],
             ua.DataValue(ua.Variant(lot, ua.VariantType.String), SourceTimestamp=ns_to_datetime(ts_ns),
                          ServerTimestamp=datetime.now(UTC)),
         )
 
-    async def write(self, stream_index: int, value: float, ts_ns: int) -> None:
+    async def write(self, stream_index: int, value: float, status: int, ts_ns: int) -> None:
+        code = ua.StatusCode(status)
         await self._server.write_attribute_value(
             self._tag_nodes[stream_index],
-            ua.DataValue(ua.Variant(value, ua.VariantType.Double), SourceTimestamp=ns_to_datetime(ts_ns),
-                         ServerTimestamp=datetime.now(UTC)),
+            ua.DataValue(ua.Variant(0.0 if value != value else value, ua.VariantType.Double), StatusCode=code,
+                         SourceTimestamp=ns_to_datetime(ts_ns), ServerTimestamp=datetime.now(UTC)),
         )
 
     async def stop(self) -> None:
-        await self._server.stop()
+        if self._server is not None and self.running:
+            self.running = False
+            await self._server.stop()

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from firmware_sim.opcua_server import ServerSecurity
 from firmware_sim.plant import SimulatedPlant
 from firmware_sim.scenario import Scenario
 
@@ -29,10 +30,13 @@ def _emit(event: str, **fields: object) -> None:
 
 async def serve(scenario: Scenario, seed: int, speed: float, truth_dir: Path | None, host: str = "127.0.0.1",
                 opcua_port: int = 0, control: bool = False, duration_s: float | None = None,
-                announce: Callable[[dict], None] | None = None) -> dict[str, int]:
+                announce: Callable[[dict], None] | None = None, dev_dir: Path | None = None,
+                processes: bool | None = None, security: ServerSecurity | None = None,
+                baudrate: int | None = None) -> dict[str, int]:
     """Run the plant until stopped; returns readings produced per source."""
     stop_ticks = asyncio.Event()
-    async with SimulatedPlant(scenario, seed, speed, host, opcua_port) as plant:
+    async with SimulatedPlant(scenario, seed, speed, host, opcua_port, processes=processes, dev_dir=dev_dir,
+                              security=security, baudrate=baudrate, work_dir=truth_dir) as plant:
         if control:
             _emit("ready", **plant.endpoints)
             cmd = await _read_command()

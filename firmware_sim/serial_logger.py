@@ -1,17 +1,24 @@
 """A cold-chain temperature logger on a pseudo-terminal, speaking the framed protocol of PROTOCOL.md.
 
 The logger owns the pty's master side and keeps the slave side open itself, as a USB serial adapter
-stays present whether or not anyone listens; a reader opens the slave path with pyserial. This is
-the simulator's own, independent implementation of the frame format: the edge decoder is written
-separately against PROTOCOL.md, so each checks the other.
+stays present whether or not anyone listens; a reader opens the slave. When ``link`` is given the
+logger also keeps a stable symlink to its current pty, as udev's ``/dev/serial/by-id`` does, so a
+reader finds it again after an unplug (``disconnect``) and replug (``reconnect``) moved it.
+
+This is the simulator's own, independent implementation of the frame format: the edge decoder is
+written separately against PROTOCOL.md, so each checks the other.
 """
 
 from __future__ import annotations
 
 import binascii
+import contextlib
 import os
 import termios
 import tty
+from pathlib import Path
+
+import numpy as np
 
 PROTOCOL_TAG = "QC1"
 MAX_FRAME = 128
@@ -28,45 +35,99 @@ def encode_frame(logger: str, seq: int, ts_ms: int, temperature: float, humidity
     return frame
 
 
+def damage(frame: bytes, kind: str, rng: np.random.Generator) -> bytes:
+    """What a noisy line does to a frame, for the labelled frame faults.
+
+    ``corrupt_frames``: one byte of the body changed (the CRC no longer matches);
+    ``partial_frames``: the frame cut short, no terminator (the next ``$`` resynchronises);
+    ``oversized_frames``: a run of noise with a ``$`` and no terminator *before* the intact frame.
+    """
+    if kind == "corrupt_frames":
+        b = bytearray(frame)
+        i = int(rng.integers(1, len(frame) - 7))
+        b[i] = (b[i] + 1 + int(rng.integers(0, 250))) % 256 or 1
+        return bytes(b)
+    if kind == "partial_frames":
+        return frame[: int(rng.integers(2, len(frame) - 3))]
+    if kind == "oversized_frames":
+        noise = bytes(int(x) for x in rng.integers(0x20, 0x7F, 3 * MAX_FRAME))
+        return b"$" + noise.replace(b"$", b"#") + frame
+    raise ValueError(kind)
+
+
 class PtyLogger:
     """The device side of one logger: frames written to a pty master, non-blocking."""
 
-    def __init__(self, logger: str) -> None:
+    def __init__(self, logger: str, link: Path | None = None, baudrate: int | None = None) -> None:
         self.logger = logger
+        self.link = link
+        self.baudrate = baudrate
+        self.seq = 0
+        self.frames_written = 0
+        self.frames_dropped = 0
+        self._master = self._slave = -1
+        self.path = ""
+        self.reconnect()
+
+    @property
+    def connected(self) -> bool:
+        return self._master >= 0
+
+    def reconnect(self) -> None:
+        """Plug in: a new pty (a new /dev/pts path) and the stable link pointed at it."""
+        if self.connected:
+            return
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave, termios.TCSANOW)  # no echo, no CR/LF translation: bytes as sent
         os.set_blocking(self._master, False)
         self.path = os.ttyname(self._slave)
-        self.seq = 0
-        self.frames_written = 0
-        self.frames_dropped = 0
+        if self.link is not None:
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.link.with_name(self.link.name + ".new")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(self.path)
+            os.replace(tmp, self.link)
 
-    def write(self, frame: bytes) -> bool:
-        """Write one whole frame; False (and counted) when the pty buffer is full, as a UART overruns.
+    def disconnect(self) -> None:
+        """Unplug: the pty goes away; a reader that has it open sees end-of-file or EIO."""
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master = self._slave = -1
+        if self.link is not None:
+            self.link.unlink(missing_ok=True)
 
-        A partial write is completed blocking-free by retrying the remainder, so a frame is either
-        entirely on the line or not at all: the ground truth must only list frames that were sent.
+    @property
+    def port(self) -> str:
+        """What a reader should open: the stable link if there is one."""
+        return str(self.link) if self.link is not None else self.path
+
+    def pacing_s(self, n_bytes: int) -> float:
+        """Time the bytes take on the wire at the configured baud rate (8N1: 10 bits a byte)."""
+        return 0.0 if not self.baudrate else n_bytes * 10 / self.baudrate
+
+    def write(self, data: bytes) -> bool:
+        """Write one frame's bytes whole; False (and counted) when nobody drains the line.
+
+        A partial write is completed by retrying the remainder, so a frame is on the line whole or
+        not at all: ground truth must list only frames that were sent.
         """
+        if not self.connected:
+            self.frames_dropped += 1
+            return False
         try:
-            n = os.write(self._master, frame)
+            n = os.write(self._master, data)
         except BlockingIOError:
             self.frames_dropped += 1
             return False
-        while n < len(frame):
+        while n < len(data):
             try:
-                n += os.write(self._master, frame[n:])
+                n += os.write(self._master, data[n:])
             except BlockingIOError:
                 continue
         self.frames_written += 1
         return True
 
-    def write_raw(self, data: bytes) -> None:
-        """Line noise, for fault injection: bytes that are not frames."""
-        os.write(self._master, data)
-
     def close(self) -> None:
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self.disconnect()

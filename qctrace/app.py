@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from edge import BatchBuilder, InProcessTransport, OpcUaReader, SeqAllocator, SerialReader, StreamTable
-from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario
+from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
 from ingest import Episode, Ingest, LotFinished, LotStarted, read_dataset
 from ingest.detect.kernels import warm_up
 from ledger import Ledger, events
@@ -122,7 +122,8 @@ async def _start_sim(cfg: Config, data_dir: Path) -> tuple[_Child, dict]:
     p = cfg.plant
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "qctrace", "sim", p.scenario, "--seed", str(p.seed), "--speed", str(p.speed),
-        "--host", p.host, "--port", str(p.opcua_port), "--truth-dir", str(data_dir / TRUTH_DIR), "--control",
+        "--host", p.host, "--port", str(p.opcua_port), "--truth-dir", str(data_dir / TRUTH_DIR),
+        "--dev-dir", str(data_dir / "dev"), "--control",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -176,7 +177,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     data_dir = cfg.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     scenario = load_scenario(cfg.plant.scenario)
-    shipments = {sh.id: (sh.lot, sh.logger) for sh in scenario.shipments}
+    shipments = {sh.id: (sh.lot, sh.logger) for sh in shipments_of(scenario)}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,11 +196,11 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     try:
         e = cfg.edge
         readers = []
-        if ready["opcua"]:
-            readers.append(OpcUaReader(ready["opcua"], BatchBuilder(streams, seqs), transport.send,
+        for endpoint in ready["opcua"]:
+            readers.append(OpcUaReader(endpoint, BatchBuilder(streams, seqs), transport.send,
                                        publishing_interval_ms=e.publishing_interval_ms, queue_size=e.queue_size,
                                        batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s))
-        for sh in scenario.shipments:
+        for sh in shipments_of(scenario):
             readers.append(SerialReader(ready["serial"][sh.id], COLDCHAIN_SITE, sh.id, sh.logger,
                                         BatchBuilder(streams, seqs), transport.send, lot=sh.lot,
                                         baudrate=e.serial_baudrate, batch_max_rows=e.batch_max_rows,

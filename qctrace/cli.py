@@ -91,33 +91,75 @@ def demo(config_path: Path | None, data_dir: Path | None, duration: float | None
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed: same seed, same readings.")
 @click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=1.0, show_default=True,
               help="Simulated seconds per real second.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the OPC UA server listens on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the OPC UA servers listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="OPC UA port (0 picks a free one).")
-@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="Stop after this many real seconds.")
+              help="First OPC UA port; line N listens on PORT+N (0 picks free ports).")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many real seconds (with --replay-to: simulated seconds to generate).")
 @click.option("--truth-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write ground truth (readings.parquet, labels.parquet) here when stopping.")
+@click.option("--dev-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep a stable symlink per logger here (like /dev/serial/by-id), followed across replugs.")
+@click.option("--replay-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="No servers: write the readings and labels straight to Parquet in this directory.")
+@click.option("--processes/--no-processes", default=None,
+              help="One server process per line. Default: yes when the scenario has more than one line.")
+@click.option("--secure", is_flag=True, help="Also offer Basic256Sha256 SignAndEncrypt (certificates made on first"
+              " start in --cert-dir).")
+@click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".qctrace-sim-pki"),
+              show_default=True, help="Where the servers keep their generated key and certificate.")
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
+              help="Require this username/password (repeatable); anonymous logins are then refused.")
+@click.option("--baud", type=click.IntRange(min=300), default=None,
+              help="Pace logger frames as a real line at this baud rate would (8N1).")
 @click.option("--control", is_flag=True, hidden=True, help="Child mode: JSON lines out, commands on stdin.")
 @_errors
 def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: float | None,
-        truth_dir: Path | None, control: bool) -> None:
-    """Run the simulated plant alone: OPC UA line PLC(s) and serial loggers on ptys.
+        truth_dir: Path | None, dev_dir: Path | None, replay_to: Path | None, processes: bool | None, secure: bool,
+        cert_dir: Path, users: tuple[str, ...], baud: int | None, control: bool) -> None:
+    """Run the simulated plant: OPC UA line PLCs and serial loggers, or replay it to Parquet.
 
-    SCENARIO is a shipped scenario name (demo) or a path to a scenario TOML file. Prints the
-    endpoint URL and the pty paths, then runs until Ctrl-C or --duration.
+    SCENARIO is a shipped scenario name (demo, coldchain, faults, stress) or a path to a scenario
+    TOML file. Prints the endpoint URLs and the pty paths, then runs until Ctrl-C or --duration.
+    With --replay-to it starts no servers and writes what they would have sent, and the labels.
     """
+    from firmware_sim.opcua_server import ServerSecurity
     from firmware_sim.process import serve
     from firmware_sim.scenario import load_scenario
 
     sc = load_scenario(scenario)
+    if replay_to is not None:
+        from firmware_sim.replay import replay
+
+        ticks = round((duration or 3600.0) / sc.plant.tick_s)
+        with click.progressbar(length=ticks, label="replaying", file=sys.stderr) as bar:
+            last = [0]
+
+            def progress(done: int, _total: int) -> None:
+                bar.update(done - last[0])
+                last[0] = done
+
+            res = replay(sc, seed, replay_to, ticks, progress=progress)
+        click.echo(json.dumps({"readings": res.readings, "ticks": res.ticks, "seconds": round(res.seconds, 2),
+                               "readings_path": str(res.readings_path), "labels_path": str(res.labels_path)}))
+        return
+    pairs = []
+    for u in users:
+        name, sep, pw = u.partition(":")
+        if not sep or not name:
+            raise click.BadParameter(f"{u!r}: expected NAME:PASSWORD", param_hint="--user")
+        pairs.append((name, pw))
+    security = ServerSecurity(encrypted=secure, cert_dir=cert_dir, users=tuple(pairs))
 
     def announce(endpoints: dict) -> None:
-        click.echo(f"OPC UA endpoint: {endpoints['opcua']}")
+        for url in endpoints["opcua"]:
+            click.echo(f"OPC UA endpoint: {url}")
         for sid, path in endpoints["serial"].items():
             click.echo(f"logger {sid}: {path}")
 
     try:
-        produced = asyncio.run(serve(sc, seed, speed, truth_dir, host, port, control, duration, announce))
+        produced = asyncio.run(serve(sc, seed, speed, truth_dir, host, port, control, duration, announce,
+                                     dev_dir=dev_dir, processes=processes, security=security, baudrate=baud))
     except KeyboardInterrupt:
         return
     if not control:

@@ -36,7 +36,7 @@ def demo_run(tmp_path_factory):
 
 def _keyed(table: pa.Table) -> pa.Table:
     return pa.table({
-        "source": source_keys(table) if "site" in table.column_names else table.column("source"),
+        "source": source_keys(table) if "site" in table.column_names else table.column("source").cast(pa.string()),
         "sensor": table.column("sensor").cast(pa.string()),
         "ts": table.column("ts").cast(pa.int64()),
         "value": table.column("value"),

@@ -45,12 +45,12 @@ async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot()
 
     async with SimulatedPlant(sc, seed=3, speed=40) as plant:
         streams = StreamTable()
-        reader = OpcUaReader(plant.endpoints["opcua"], BatchBuilder(streams, SeqAllocator(None)), publish,
+        reader = OpcUaReader(plant.endpoints["opcua"][0], BatchBuilder(streams, SeqAllocator(None)), publish,
                              publishing_interval_ms=50, batch_max_age_s=0.1)
         serial = SerialReader(plant.endpoints["serial"]["SHP-0001"], "coldchain", "SHP-0001", "logger-01",
                               BatchBuilder(streams, SeqAllocator(None)), publish, lot="LOT-X", batch_max_age_s=0.1)
         await _run([reader, serial], plant, ticks=60)
-        truth = pa.Table.from_batches(plant._truth)
+        truth = pa.Table.from_batches([*plant._runners[0].truth, *plant.loggers.truth])
 
     got = pa.Table.from_batches(batches, schema=READING_SCHEMA)
     assert got.num_rows == truth.num_rows == 60 * 8
@@ -64,7 +64,7 @@ async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot()
     log = got.filter(pa.compute.equal(got.column("device").cast(pa.string()), "logger-01"))
     assert set(log.column("lot").cast(pa.string()).to_pylist()) == {"LOT-X"}
     assert sorted(log.column("value").to_pylist()) == sorted(
-        truth.filter(pa.compute.equal(truth.column("source"), "coldchain/SHP-0001/logger-01"))
+        truth.filter(pa.compute.equal(truth.column("source").cast(pa.string()), "coldchain/SHP-0001/logger-01"))
         .column("value").to_pylist())
 
 

@@ -13,7 +13,7 @@ from firmware_sim.scenario import load_scenario
 async def test_address_space_browses_as_documented_and_values_carry_source_time(tmp_path):
     sc = load_scenario("demo")
     async with SimulatedPlant(sc, seed=7, speed=50) as plant:
-        async with Client(plant.endpoints["opcua"]) as c:
+        async with Client(plant.endpoints["opcua"][0]) as c:
             ns = await c.get_namespace_index("urn:qctrace:sim")
             tag = await c.nodes.objects.get_child([f"{ns}:plant1", f"{ns}:line1", f"{ns}:plc1",
                                                    f"{ns}:filler_weight"])
