@@ -76,7 +76,7 @@ class _Passwords(UserManager):
     def __init__(self, users: dict[str, str]) -> None:
         self._users = users
 
-    def get_user(self, iserver, username=None, password=None, certificate=None):  # noqa: ANN001 - asyncua API
+    def get_user(self, iserver, username=None, password=None, certificate=None):
         from asyncua.crypto.permission_rules import User, UserRole
 
         if username is not None and self._users.get(username) == password:
@@ -176,6 +176,9 @@ class LinePlcServer:
                 ua.Variant(0.0, ua.VariantType.Double),
                 StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))
             self._tag_nodes[s.index] = var.nodeid
+
+    def current_lot(self, line_key: str) -> str | None:
+        return self._last_lot.get(line_key, (None, 0))[0]
 
     async def write_lot(self, line_key: str, lot: str, ts_ns: int) -> None:
         self._last_lot[line_key] = (lot, ts_ns)

@@ -110,7 +110,7 @@ class LineRunner:
             lot = self.gen.lot_of(k, tick)
             lot_of_col[self._cols_of_line[k]] = len(lots)
             lots.append(lot)
-            if self.server._last_lot.get(k, ("", 0))[0] != lot:  # noqa: SLF001 - the server remembers lots
+            if self.server.current_lot(k) != lot:
                 await self.server.write_lot(k, lot, ts0)
         if not self.server.running:
             return
@@ -208,6 +208,8 @@ async def _paced(tick, stop: asyncio.Event, start_at: float, period: float, max_
                 await asyncio.wait_for(stop.wait(), delay)
             if stop.is_set():
                 break
+        else:
+            await asyncio.sleep(0)  # behind schedule: still let readers and servers run
         await tick()
         k += 1
     return k
@@ -312,7 +314,7 @@ class SimulatedPlant:
                 msg = await asyncio.to_thread(_recv, conn, p, 60.0)
                 self.opcua_endpoints.append(msg[1])
         else:
-            for key, streams in self._line_streams.items():
+            for streams in self._line_streams.values():
                 r = LineRunner(self.scenario, self.seed, streams, self.host, next(ports) if ports else 0,
                                self.security)
                 await r.start()

@@ -108,24 +108,22 @@ class PtyLogger:
         return 0.0 if not self.baudrate else n_bytes * 10 / self.baudrate
 
     def write(self, data: bytes) -> bool:
-        """Write one frame's bytes whole; False (and counted) when nobody drains the line.
+        """Write one frame's bytes; True only if all of them went on the line.
 
-        A partial write is completed by retrying the remainder, so a frame is on the line whole or
-        not at all: ground truth must list only frames that were sent.
+        Never blocks: when nobody drains the line and its buffer fills, the frame is cut short
+        (a UART overrun), counted as dropped and reported False, so ground truth lists only
+        frames that were sent whole.
         """
         if not self.connected:
             self.frames_dropped += 1
             return False
         try:
             n = os.write(self._master, data)
-        except BlockingIOError:
+        except (BlockingIOError, OSError):
+            n = 0
+        if n < len(data):
             self.frames_dropped += 1
             return False
-        while n < len(data):
-            try:
-                n += os.write(self._master, data[n:])
-            except BlockingIOError:
-                continue
         self.frames_written += 1
         return True
 
