@@ -41,7 +41,9 @@ class OpcUaReader(Reader):
         self.endpoint = endpoint
         self.publishing_interval_ms = publishing_interval_ms
         self.queue_size = queue_size
-        self._client = Client(endpoint, timeout=timeout_s)
+        # A busy PLC may take more than asyncua's default 1 s to answer the health probe; that is
+        # not a dead connection, so probe on a slower cycle with the request timeout as its bound.
+        self._client = Client(endpoint, timeout=timeout_s, watchdog_intervall=timeout_s)
         self._sub: Subscription | None = None
         self._streams: dict[ua.NodeId, int] = {}
         self._lot_scopes: dict[ua.NodeId, str] = {}

@@ -115,9 +115,11 @@ class LineRunner:
         if not self.server.running:
             return
         cols = np.flatnonzero(chunk.emit[0])
-        for c in cols:
+        for n, c in enumerate(cols):
             s = self.gen.streams[c]
             await self.server.write(s.index, float(chunk.values[0, c]), int(chunk.status[0, c]), int(chunk.ts[0, c]))
+            if n % 200 == 199:
+                await asyncio.sleep(0)  # a real PLC answers clients while it scans its I/O
         rows = np.zeros(len(cols), dtype=np.int64)
         self.truth.append(truth_batch(self.gen.streams, cols, chunk, rows, lots, lot_of_col[cols]))
 
@@ -252,8 +254,10 @@ async def _child(spec: _ChildSpec, conn: Connection) -> None:  # pragma: no cove
         if runner.truth:
             pq.write_table(pa.Table.from_batches(runner.truth, TRUTH_SCHEMA), spec.truth_path)
         conn.send(("stopped", runner.produced()))
-        if not watcher.done():
-            await watcher  # "quit"
+        # Keep serving until told to quit, so clients can drain what is in flight.
+        last = watcher.result()[0] if watcher.done() else (await watcher)[0]
+        while last != "quit":
+            last = (await asyncio.to_thread(conn.recv))[0]
     await runner.stop()
 
 
