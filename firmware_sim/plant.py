@@ -282,6 +282,7 @@ class SimulatedPlant:
         self.security = security
         gen = PlantGenerator(scenario, seed)
         self.labels = gen.labels()
+        self.custody = gen.custody()
         self._line_streams: dict[str, list[Stream]] = {}
         for s in gen.all_streams:
             if s.kind == "opcua":
@@ -386,7 +387,9 @@ class SimulatedPlant:
             else TRUTH_SCHEMA.empty_table()
         pq.write_table(readings, out_dir / "readings.parquet")
         pq.write_table(labels_table(self.labels), out_dir / "labels.parquet")
-        return {"readings": out_dir / "readings.parquet", "labels": out_dir / "labels.parquet"}
+        pq.write_table(custody_table(self.custody), out_dir / "custody.parquet")
+        return {"readings": out_dir / "readings.parquet", "labels": out_dir / "labels.parquet",
+                "custody": out_dir / "custody.parquet"}
 
 
 LABELS_SCHEMA = pa.schema([("kind", pa.string()), ("site", pa.string()), ("line", pa.string()),
@@ -397,6 +400,14 @@ LABELS_SCHEMA = pa.schema([("kind", pa.string()), ("site", pa.string()), ("line"
 
 def labels_table(labels: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(labels, schema=LABELS_SCHEMA)
+
+
+CUSTODY_SCHEMA = pa.schema([("shipment", pa.string()), ("lot", pa.string()), ("logger", pa.string()),
+                            ("stage", pa.string()), ("location", pa.string()), ("at_ns", pa.int64())])
+
+
+def custody_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=CUSTODY_SCHEMA)
 
 
 def _recv(conn: Connection, proc: mp.Process, timeout_s: float):

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from firmware_sim.plant import labels_table
+from firmware_sim.plant import custody_table, labels_table
 from firmware_sim.scenario import PlantGenerator, Scenario, shipments_of
 from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, Quality
 
@@ -129,5 +129,6 @@ def replay(scenario: Scenario, seed: int, out_dir: Path, ticks: int, chunk_ticks
     finally:
         writer.close()
     pq.write_table(labels_table(gen.labels()), out_dir / "labels.parquet")
+    pq.write_table(custody_table(gen.custody()), out_dir / "custody.parquet")
     return ReplayResult(total, ticks, time.perf_counter() - t0, out_dir / "readings.parquet",
                         out_dir / "labels.parquet")

@@ -359,6 +359,7 @@ class PlantGenerator:
         self._rngs = [np.random.default_rng([seed, s.index]) for s in self.streams]
         self._next_tick = 0
         self._stuck_at: dict[int, float] = {}
+        self._prev_row = np.array([s.nominal for s in self.streams], dtype=np.float64)
         self.lines = {ln.key: ln for ln in lines_of(scenario)}
         self.shipments = {sh.id: sh for sh in shipments_of(scenario)}
         self.start_ns = int(scenario.plant.start.timestamp()) * 1_000_000_000
@@ -443,6 +444,10 @@ class PlantGenerator:
                         values[active, c] = held
         for c, s in enumerate(self.streams):
             values[:, c] = np.round(values[:, c], s.decimals)
+        # Uncertain_LastUsableValue: the PLC repeats the last good value it had.
+        for t, c in zip(*np.nonzero(status == UNCERTAIN_LAST_USABLE), strict=True):
+            values[t, c] = values[t - 1, c] if t > 0 else self._prev_row[c]
+        self._prev_row = values[-1].copy() if n_ticks else self._prev_row
         values[status >= 0x80000000] = np.nan  # a Bad status carries no value (Part 4, 7.7.1)
         self._next_tick += n_ticks
         return Chunk(ticks, values, status, emit, ts)
@@ -472,7 +477,13 @@ class PlantGenerator:
             status[active, c] = BAD_SENSOR_FAILURE
         elif k == "device_disconnect":
             if s.kind == "opcua":
-                status[active, c] = BAD_NOT_CONNECTED  # the PLC reports its I/O module lost
+                # As PLCs do: the last value is held as Uncertain for a moment (up to 2 s), then
+                # the I/O station is declared lost and the tags go Bad.
+                secs = rel * f.duration_s
+                held = secs < min(2.0, f.duration_s / 2)
+                idx = np.flatnonzero(active)
+                status[idx[held], c] = UNCERTAIN_LAST_USABLE  # the value itself is held in generate()
+                status[idx[~held], c] = BAD_NOT_CONNECTED
             else:
                 emit[active, c] = False  # the logger is unplugged: nothing on the line
         elif k in ("dropout", "opcua_server_restart"):
@@ -480,6 +491,11 @@ class PlantGenerator:
         elif k == "clock_skew":
             ts[active, c] += round(f.magnitude * 1e9)
         # stuck is applied after noise; frame faults act on the serial line, not on values.
+
+    def custody(self) -> list[dict]:
+        """Ground truth of custody: each shipment's stages, with the lot and the logger."""
+        return [{"shipment": sh.id, "lot": sh.lot, "logger": sh.logger, "stage": st.stage, "location": st.location,
+                 "at_ns": self.start_ns + round(st.at_s * 1e9)} for sh in self.shipments.values() for st in sh.stages]
 
     def labels(self) -> list[dict]:
         """Ground truth: one row per injected fault and stream it acts on, in simulated time."""

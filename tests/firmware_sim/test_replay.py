@@ -41,7 +41,10 @@ def test_replay_is_in_the_reading_schema_with_contiguous_seq_per_source(tmp_path
     cap_torque = pc.sum(pc.cast(pc.equal(t.column("sensor").cast(pa.string()), "cap_torque"), pa.int64())).as_py()
     assert cap_torque == 1800 - 60 - 15
     bad = pc.sum(pc.cast(pc.equal(t.column("quality"), 2), pa.int64())).as_py()
-    assert bad == 30 + 2 * 20  # sensor_fault on one tag, I/O station disconnect on two tags
+    assert bad == 30 + 2 * 18  # sensor_fault on one tag; I/O station lost on two tags (2 s Uncertain first)
+    uncertain = pc.sum(pc.cast(pc.equal(t.column("quality"), 1), pa.int64())).as_py()
+    assert uncertain == 2 * 2
+    assert pq.read_table(res.readings_path.parent / "custody.parquet").num_rows == 2 * 3
 
 
 def test_replay_equals_what_the_live_plant_sent(tmp_path):

@@ -52,8 +52,13 @@ def test_every_label_of_the_fault_heavy_plant_shows_in_the_raw_signal():
             assert (inside == inside[0]).all() and before.std() > 0, lab
         elif k in ("dropout", "opcua_server_restart") or (k == "device_disconnect" and lab["site"] == "coldchain"):
             assert not ch.emit[t0:t1, c].any() and ch.emit[max(0, t0 - 60):t0, c].all(), lab
-        elif k in ("sensor_fault", "device_disconnect"):
+        elif k == "sensor_fault":
             assert (ch.status[t0:t1, c] >= 0x80000000).all() and np.isnan(inside).all(), lab
+            assert (ch.status[max(0, t0 - 60):t0, c] == 0).all()
+        elif k == "device_disconnect":  # a PLC's I/O station: Uncertain (last value held), then Bad
+            st = ch.status[t0:t1, c] >> 30
+            assert st[0] == 1 and st[-1] == 2 and (np.diff(st) >= 0).all(), lab
+            assert inside[0] == before[-1] and np.isnan(inside[st == 2]).all()
             assert (ch.status[max(0, t0 - 60):t0, c] == 0).all()
         elif k == "clock_skew":
             true_ts = g.tick_ts(ch.ticks[t0:t1])
