@@ -91,6 +91,10 @@ class FrameDecoder:
         self.garbage_bytes = 0
         self._buf = bytearray()
 
+    def reset(self) -> None:
+        """Drop a partial frame (the line was cut); the sequence check carries on."""
+        self._buf.clear()
+
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
         out: list[Frame] = []

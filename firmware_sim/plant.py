@@ -163,6 +163,12 @@ class LoggerRunner:
             lg = self.loggers[sh.id]
             unplugged = any(f.target == sh.id and f.at_s <= t_s < f.at_s + f.duration_s for f in self._disconnects)
             if unplugged and lg.connected:
+                # The cable is pulled between frames: give a listening reader up to 1 s to take what
+                # is already on the line, so the ground truth's "sent" means "could be received".
+                for _ in range(100):
+                    if not lg.unread():
+                        break
+                    await asyncio.sleep(0.01)
                 lg.disconnect()
             elif not unplugged and not lg.connected:
                 lg.reconnect()

@@ -11,8 +11,10 @@ written separately against PROTOCOL.md, so each checks the other.
 
 from __future__ import annotations
 
+import array
 import binascii
 import contextlib
+import fcntl
 import os
 import termios
 import tty
@@ -87,6 +89,14 @@ class PtyLogger:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(self.path)
             os.replace(tmp, self.link)
+
+    def unread(self) -> int:
+        """Bytes sent but not yet read by whoever has the line open (FIONREAD on our slave end)."""
+        if not self.connected:
+            return 0
+        buf = array.array("i", [0])
+        fcntl.ioctl(self._slave, termios.FIONREAD, buf)
+        return int(buf[0])
 
     def disconnect(self) -> None:
         """Unplug: the pty goes away; a reader that has it open sees end-of-file or EIO."""

@@ -258,17 +258,20 @@ async def _wait(stop: asyncio.Event, duration_s: float | None, tasks: list[async
                 report: Callable[[], None], every_s: float = 5.0) -> None:
     """Until stop, the duration, or a task dying (whose error is then raised)."""
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    while not stop.is_set():
-        left = every_s if deadline is None else min(every_s, deadline - time.monotonic())
-        if left <= 0:
-            return
-        done, _ = await asyncio.wait([*tasks, asyncio.ensure_future(stop.wait())], timeout=left,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t in tasks:
-                t.result()  # a reader or ingest died: raise its error
-                raise ReaderError("a pipeline stage stopped unexpectedly")
-        report()
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            left = every_s if deadline is None else min(every_s, deadline - time.monotonic())
+            if left <= 0:
+                return
+            done, _ = await asyncio.wait([*tasks, stopped], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t in tasks:
+                    t.result()  # a reader or ingest died: raise its error
+                    raise ReaderError("a pipeline stage stopped unexpectedly")
+            report()
+    finally:
+        stopped.cancel()
 
 
 async def _drain(readers: list, produced: dict[str, int], timeout_s: float) -> None:

@@ -82,3 +82,49 @@ async def test_missing_serial_port_gives_a_reader_error_naming_it():
     with pytest.raises(ReaderError, match="/dev/does-not-exist"):
         async with reader:
             pass
+
+
+async def test_an_unplugged_logger_is_reopened_and_every_frame_it_sent_is_read(tmp_path):
+    sc = load_scenario("faults")  # SHP-F01's logger is unplugged from 500 s to 530 s
+    batches: list[pa.RecordBatch] = []
+
+    async def publish(b: pa.RecordBatch) -> None:
+        batches.append(b)
+
+    async with SimulatedPlant(sc, seed=3, speed=100, processes=False, dev_dir=tmp_path / "dev") as plant:
+        streams = StreamTable()
+        reader = SerialReader(str(tmp_path / "dev" / "logger-f01"), "coldchain", "SHP-F01", "logger-f01",
+                              BatchBuilder(streams, SeqAllocator(None)), publish, batch_max_age_s=0.05)
+        await _run([reader], _OnlyLogger(plant, "coldchain/SHP-F01/logger-f01"), ticks=560)
+        truth = pa.Table.from_batches(plant.loggers.truth)
+    assert reader.reopens >= 1
+    sent = truth.filter(pa.compute.equal(truth.column("source").cast(pa.string()), "coldchain/SHP-F01/logger-f01"))
+    got = pa.Table.from_batches(batches, schema=READING_SCHEMA)
+    assert got.num_rows == sent.num_rows > 0
+    assert sorted(got.column("ts").cast(pa.int64()).to_pylist()) == sorted(sent.column("ts").cast(pa.int64())
+                                                                           .to_pylist())
+
+
+class _OnlyLogger:
+    """The plant as ``_run`` sees it, counting only one logger's readings."""
+
+    def __init__(self, plant: SimulatedPlant, source: str) -> None:
+        self.plant = plant
+        self.source = source
+
+    async def run_ticks(self, stop, max_ticks):
+        return await self.plant.run_ticks(stop, max_ticks=max_ticks)
+
+    def produced(self) -> dict[str, int]:
+        return {self.source: self.plant.produced().get(self.source, 0)}
+
+
+def test_backoff_grows_to_its_cap_with_bounded_jitter():
+    import itertools
+    import random
+
+    from edge.backoff import exponential_backoff
+
+    delays = list(itertools.islice(exponential_backoff(0.1, 2.0, 1.0, 0.2, random.Random(1)), 8))
+    assert 0.08 <= delays[0] <= 0.12
+    assert all(0.8 <= d <= 1.2 for d in delays[4:])
