@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable
 import pyarrow as pa
 
 from edge.batcher import BatchBuilder
+from qctrace.schema import Gap
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[pa.RecordBatch], Awaitable[None]]
+Publish = Callable[[pa.RecordBatch | Gap], Awaitable[None]]
 
 
 class ReaderState(enum.Enum):
@@ -41,6 +42,8 @@ class Reader(abc.ABC):
         self.batch_max_age_s = batch_max_age_s
         self.state = ReaderState.NEW
         self._wake = asyncio.Event()
+        self.pending_gaps: list[Gap] = []
+        self.gaps_sent = 0
 
     async def __aenter__(self) -> Reader:
         if self.state is not ReaderState.NEW:
@@ -79,6 +82,9 @@ class Reader(abc.ABC):
         batch = self.builder.build()
         if batch is not None:
             await self.publish(batch)
+        while self.pending_gaps:
+            await self.publish(self.pending_gaps.pop(0))
+            self.gaps_sent += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.state is not ReaderState.OPEN:
@@ -86,5 +92,6 @@ class Reader(abc.ABC):
         while not stop.is_set():
             await self._read_once()
             b = self.builder
-            if len(b) >= self.batch_max_rows or (len(b) and time.monotonic() - b.first_added >= self.batch_max_age_s):
+            if self.pending_gaps or len(b) >= self.batch_max_rows or (
+                    len(b) and time.monotonic() - b.first_added >= self.batch_max_age_s):
                 await self.flush()

@@ -5,8 +5,13 @@ reader needs only the endpoint URL. Monitored items use ``DataChangeTrigger.Stat
 a sensor that repeats the same value (stuck!) still produces a reading per sample, and a status
 change alone is a reading too. Source timestamps and status codes are kept in every reading.
 
-Not yet here (see the secure-reader issue): security policies and trust lists, reconnect with gap
-records, polling fallback under OperationLimits.
+A lost connection is retried by asyncua's supervisor (capped exponential backoff; the session and
+its subscription are transferred, or re-created). The outage becomes one ``Gap`` per source, from
+the last reading before it to the first after it, so downstream knows data is missing rather than
+flat.
+
+Not yet here (see the secure-reader issue): security policies and trust lists, polling fallback
+under OperationLimits, history backfill of a gap.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from asyncua.common.subscription import DataChangeNotif, Subscription
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder
 from qctrace.errors import ReaderError
-from qctrace.schema import Quality
+from qctrace.schema import Gap, Quality
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,13 @@ class OpcUaReader(Reader):
         self._streams: dict[ua.NodeId, int] = {}
         self._lot_scopes: dict[ua.NodeId, str] = {}
         self._last_ts: dict[int, int] = {}
+        self._lost: tuple[int, str] | None = None
         self.notifications = 0
+        self._client.connection_lost_callback = self._on_connection_lost
 
     async def _open(self) -> None:
         try:
-            await self._client.connect()
+            await self._client.connect(auto_reconnect=True)
         except (OSError, TimeoutError) as exc:
             raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc}") from exc
         tags = await self._discover()
@@ -102,6 +109,26 @@ class OpcUaReader(Reader):
                         found.append(tag)
         return found
 
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        if self._lost is None:
+            self._lost = (time.time_ns(), f"connection to {self.endpoint} lost: {exc!r}")
+            log.warning("opcua.lost endpoint=%s reason=%r", self.endpoint, exc)
+
+    def _close_gap(self, first_ts: int) -> None:
+        """The first reading after an outage: one gap record per source of this server."""
+        lost_at, reason = self._lost
+        self._lost = None
+        st = self.builder.streams
+        last: dict[str, int] = {}
+        for stream in self._streams.values():  # once per outage, not per reading
+            source = st.sources[st.source_of[stream]]
+            last[source] = max(last.get(source, 0), self._last_ts.get(stream, 0))
+        for source in sorted(last):
+            start = last[source] or lost_at
+            self.pending_gaps.append(Gap(source, start, max(first_ts, start), reason))
+        log.warning("opcua.resumed endpoint=%s gaps=%d", self.endpoint, len(self.pending_gaps))
+        self._wake.set()
+
     def datachange_notification(self, node: Node, val: object, data: DataChangeNotif) -> None:
         """asyncua callback, on the event loop: append one reading (no I/O, no awaits)."""
         dv = data.monitored_item.Value
@@ -119,6 +146,8 @@ class OpcUaReader(Reader):
         stream = self._streams[node.nodeid]
         if self._last_ts.get(stream) == ts:
             return  # the same sample again (initial value after a re-subscribe), not a new reading
+        if self._lost is not None:
+            self._close_gap(ts)
         self._last_ts[stream] = ts
         self.notifications += 1
         value = float(val) if isinstance(val, int | float) else float("nan")

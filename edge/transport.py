@@ -13,17 +13,20 @@ from collections.abc import AsyncIterator
 
 import pyarrow as pa
 
-from qctrace.schema import check_batch
+from qctrace.schema import Gap, check_batch
+
+Item = pa.RecordBatch | Gap
+"""What travels from edge to ingest: reading batches, and gap records between them."""
 
 
 class Transport(abc.ABC):
     @abc.abstractmethod
-    async def send(self, batch: pa.RecordBatch) -> None:
-        """Hand a batch to the next hop; returns when it has accepted it."""
+    async def send(self, item: Item) -> None:
+        """Hand a batch (or gap record) to the next hop; returns when it has accepted it."""
 
     @abc.abstractmethod
-    def receive(self) -> AsyncIterator[pa.RecordBatch]:
-        """Batches in the order they were sent, until the transport is closed and drained."""
+    def receive(self) -> AsyncIterator[Item]:
+        """Items in the order they were sent, until the transport is closed and drained."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -38,14 +41,15 @@ class InProcessTransport(Transport):
         self._closed = False
         self.batches_sent = 0
 
-    async def send(self, batch: pa.RecordBatch) -> None:
+    async def send(self, item: Item) -> None:
         if self._closed:
             raise RuntimeError("send on a closed transport")
-        check_batch(batch)
-        await self._queue.put(batch)
+        if not isinstance(item, Gap):
+            check_batch(item)
+        await self._queue.put(item)
         self.batches_sent += 1
 
-    async def receive(self) -> AsyncIterator[pa.RecordBatch]:
+    async def receive(self) -> AsyncIterator[Item]:
         while True:
             item = await self._queue.get()
             if item is self._CLOSED:

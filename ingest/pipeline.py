@@ -22,10 +22,11 @@ from ingest.episodes import Episode, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
 from ingest.sink import ParquetSink
 from qctrace.config import DetectConfig, SinkConfig
+from qctrace.schema import Gap
 
 log = logging.getLogger(__name__)
 
-Fact = LotStarted | LotFinished | Episode
+Fact = LotStarted | LotFinished | Episode | Gap
 OnEvents = Callable[[list[Fact]], None]
 
 
@@ -36,6 +37,7 @@ class IngestStats:
     duplicates: int = 0
     flagged: int = 0
     episodes: int = 0
+    gaps: int = 0
 
 
 class Ingest:
@@ -76,7 +78,14 @@ class Ingest:
             self.on_events(list(eps))
         self.sink.flush()
 
-    async def run(self, batches: AsyncIterator[pa.RecordBatch], flush_check_s: float = 0.2) -> None:
+    def gap(self, gap: Gap) -> None:
+        """A source could not be read for a while: record it, so missing data is explained."""
+        self.stats.gaps += 1
+        log.warning("ingest.gap source=%s start=%d end=%d reason=%s", gap.source, gap.start_ns, gap.end_ns,
+                    gap.reason)
+        self.on_events([gap])
+
+    async def run(self, batches: AsyncIterator[pa.RecordBatch | Gap], flush_check_s: float = 0.2) -> None:
         """Consume until the transport closes; commits on size or age, and once more at the end."""
 
         async def flusher() -> None:
@@ -87,8 +96,11 @@ class Ingest:
 
         task = asyncio.create_task(flusher())
         try:
-            async for batch in batches:
-                self.process(batch)
+            async for item in batches:
+                if isinstance(item, Gap):
+                    self.gap(item)
+                    continue
+                self.process(item)
                 if self.sink.due():
                     self.sink.flush()
         finally:

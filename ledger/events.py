@@ -96,3 +96,22 @@ def lot_shipped(lot: str, shipment: str, logger: str, at_ns: int) -> dict[str, A
         "sensorDevice": logger,
         "readPoint": {"id": f"urn:qctrace:shipment:{shipment}"},
     }
+
+
+DATA_GAP = "data_gap"
+KINDS = (*KINDS, DATA_GAP)
+
+
+def data_gap(source: str, start_ns: int, end_ns: int, reason: str) -> dict[str, Any]:
+    """Readings of ``source`` could not be collected between ``start`` and ``end`` (source time)."""
+    site, line = source.split("/")[:2]
+    return {
+        "kind": DATA_GAP,
+        "type": "ObjectEvent",
+        "action": "OBSERVE",
+        "bizStep": "inspecting",
+        "eventTime": iso(end_ns),
+        "lot": None,
+        "gap": {"source": source, "start": iso(start_ns), "end": iso(end_ns), "reason": reason[:500]},
+        **_where(site, line),
+    }

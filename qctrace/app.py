@@ -29,7 +29,7 @@ from ingest.detect.kernels import warm_up
 from ledger import Ledger, events
 from qctrace.config import Config
 from qctrace.errors import QctraceError, ReaderError
-from qctrace.schema import source_keys
+from qctrace.schema import Gap, source_keys
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def facts_to_events(facts: list, shipments: dict[str, tuple[str, str]] | None = 
         elif isinstance(f, Episode):
             out.append(events.anomaly_episode(f.lot, f.sensor, f.start_ns, f.end_ns, f.flags, f.rules,
                                               f.min_value, f.max_value, f.readings))
+        elif isinstance(f, Gap):
+            out.append(events.data_gap(f.source, f.start_ns, f.end_ns, f.reason))
     return out
 
 
@@ -68,6 +70,7 @@ class DemoSummary:
     duplicates: int
     flagged: int
     episodes: int
+    gaps: int
     ledger_events: int
     ledger_head: str
     paths: dict[str, str] = field(default_factory=dict)
@@ -80,7 +83,7 @@ class DemoSummary:
             f"  {'total':<32} {sum(self.produced.values()):>8} {sum(self.written.values()):>9}",
             "",
             f"ingest: {self.readings_in} readings in, {self.duplicates} duplicates dropped,"
-            f" {self.flagged} flagged, {self.episodes} anomaly episodes",
+            f" {self.flagged} flagged, {self.episodes} anomaly episodes, {self.gaps} data gaps",
             f"ledger: {self.ledger_events} events, head {self.ledger_head}",
             "",
             *(f"{k:<9} {v}" for k, v in self.paths.items()),
@@ -248,6 +251,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     return DemoSummary(
         duration_s=time.monotonic() - t0, produced=produced, written=written, readings_in=ingest.stats.readings_in,
         duplicates=ingest.stats.duplicates, flagged=ingest.stats.flagged, episodes=ingest.stats.episodes,
+        gaps=ingest.stats.gaps,
         ledger_events=n, ledger_head=head.hex(),
         paths={"readings": str(data_dir / READINGS_DIR), "ledger": str(ledger_path(data_dir)),
                "truth": str(data_dir / TRUTH_DIR)},

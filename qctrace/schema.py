@@ -106,6 +106,21 @@ class Reading:
         return f"{self.site}/{self.line}/{self.device}"
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A stretch of time in which a source's readings could not be collected, and why.
+
+    Edge readers send it through the transport like a batch, so downstream knows data is missing
+    rather than flat. ``start_ns`` is the source time of the last reading before the outage (or of
+    the loss when none was seen), ``end_ns`` that of the first reading after it.
+    """
+
+    source: str
+    start_ns: int
+    end_ns: int
+    reason: str
+
+
 def empty_batch() -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=READING_SCHEMA)
 

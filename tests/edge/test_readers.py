@@ -128,3 +128,60 @@ def test_backoff_grows_to_its_cap_with_bounded_jitter():
     delays = list(itertools.islice(exponential_backoff(0.1, 2.0, 1.0, 0.2, random.Random(1)), 8))
     assert 0.08 <= delays[0] <= 0.12
     assert all(0.8 <= d <= 1.2 for d in delays[4:])
+
+
+_RESTART = """
+[plant]
+start = "2026-11-06T00:00:00Z"
+tick_s = 1.0
+[[sites]]
+name = "p"
+[[sites.lines]]
+name = "l"
+[[sites.lines.devices]]
+name = "plc"
+[[sites.lines.devices.tags]]
+name = "t"
+nominal = 10.0
+noise = 0.1
+[[faults]]
+kind = "opcua_server_restart"
+target = "p/l"
+at_s = 6
+duration_s = 3
+"""
+
+
+async def test_a_server_restart_becomes_one_gap_record_and_data_resumes():
+    from firmware_sim.scenario import parse_scenario
+    from qctrace.schema import Gap
+
+    items: list = []
+
+    async def publish(item) -> None:
+        items.append(item)
+
+    async with SimulatedPlant(parse_scenario(_RESTART), seed=1, speed=2, processes=False) as plant:
+        reader = OpcUaReader(plant.endpoints["opcua"][0], BatchBuilder(StreamTable(), SeqAllocator(None)), publish,
+                             publishing_interval_ms=50, batch_max_age_s=0.1, timeout_s=2)
+        async with reader:
+            stop = asyncio.Event()
+            task = asyncio.create_task(reader.run(stop))
+            await plant.run_ticks(asyncio.Event(), max_ticks=24)
+            await asyncio.sleep(1.5)
+            stop.set()
+            await task
+        truth = pa.Table.from_batches(plant._runners[0].truth)
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert len(gaps) == 1, gaps
+    g = gaps[0]
+    start = 1_793_923_200 * 10**9  # 2026-11-06T00:00:00Z
+    assert g.source == "p/l/plc" and "lost" in g.reason
+    assert g.start_ns == start + 5 * 10**9  # the last sample before the server went down at 6 s
+    assert g.end_ns >= start + 9 * 10**9  # the first sample after it came back
+    got = {t for b in items if not isinstance(b, Gap) for t in b.column("ts").cast(pa.int64()).to_pylist()}
+    sent = set(truth.column("ts").cast(pa.int64()).to_pylist())
+    assert got <= sent
+    # Everything sent is either received or inside the recorded gap; readings resumed after it.
+    assert all(t in got or g.start_ns < t < g.end_ns for t in sent)
+    assert max(got) >= start + 20 * 10**9
