@@ -20,6 +20,7 @@ import logging
 import time
 
 from asyncua import Client, Node, ua
+from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import DataChangeNotif, Subscription
 
 from edge.base import Publish, Reader
@@ -146,7 +147,9 @@ class OpcUaReader(Reader):
         stream = self._streams[node.nodeid]
         if self._last_ts.get(stream) == ts:
             return  # the same sample again (initial value after a re-subscribe), not a new reading
-        if self._lost is not None:
+        if self._lost is not None and self._client.uaclient.state is UaClientState.CONNECTED:
+            # Only a reading that came over the *new* connection ends the outage; notifications
+            # that were already in flight when the old one died are readings, not the end of it.
             self._close_gap(ts)
         self._last_ts[stream] = ts
         self.notifications += 1

@@ -238,6 +238,10 @@ class _ChildSpec:
 
 
 def _child_main(spec: _ChildSpec, conn: Connection) -> None:  # pragma: no cover - runs in a child process
+    # A spawned child starts with logging unconfigured: keep asyncua's per-request chatter out of
+    # the terminal, as the CLI does in the parent.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     asyncio.run(_child(spec, conn))
 
 
@@ -256,7 +260,12 @@ async def _child(spec: _ChildSpec, conn: Connection) -> None:  # pragma: no cove
         watcher = asyncio.create_task(asyncio.to_thread(conn.recv))
         await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        await task
+        done, _ = await asyncio.wait([task], timeout=5.0)
+        if not done:  # a scan stuck on a write: say where, then end it
+            log.error("sim.child stuck line=%s stack=%s", spec.line_key, task.get_stack())
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if runner.truth:
             pq.write_table(pa.Table.from_batches(runner.truth, TRUTH_SCHEMA), spec.truth_path)
         conn.send(("stopped", runner.produced()))
@@ -310,7 +319,8 @@ class SimulatedPlant:
         if self.processes:
             import tempfile
 
-            work = self._work_dir or Path(tempfile.mkdtemp(prefix="qctrace-sim-"))
+            work = (self._work_dir or Path(tempfile.mkdtemp(prefix="qctrace-sim-"))) / ".line-truth"
+            work.mkdir(parents=True, exist_ok=True)
             ctx = mp.get_context("spawn")
             js = self.scenario.model_dump_json()
             for i, key in enumerate(self._line_streams):
@@ -392,6 +402,8 @@ class SimulatedPlant:
         readings = pa.concat_tables([t.cast(TRUTH_SCHEMA) for t in tables]).unify_dictionaries() if tables \
             else TRUTH_SCHEMA.empty_table()
         pq.write_table(readings, out_dir / "readings.parquet")
+        for part in self._truth_parts:  # merged: the per-process parts are no longer needed
+            part.unlink(missing_ok=True)
         pq.write_table(labels_table(self.labels), out_dir / "labels.parquet")
         pq.write_table(custody_table(self.custody), out_dir / "custody.parquet")
         return {"readings": out_dir / "readings.parquet", "labels": out_dir / "labels.parquet",

@@ -66,6 +66,8 @@ class DemoSummary:
     duration_s: float
     produced: dict[str, int]
     written: dict[str, int]
+    in_gaps: dict[str, int]
+    unexplained: dict[str, int]
     readings_in: int
     duplicates: int
     flagged: int
@@ -76,11 +78,13 @@ class DemoSummary:
     paths: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [f"qctrace demo: ran {self.duration_s:.1f} s", "", "readings per source      produced   written"]
+        out = [f"qctrace demo: ran {self.duration_s:.1f} s", "",
+               f"readings per source{'':<15} produced   written   in gaps   missing"]
+        cols = (self.produced, self.written, self.in_gaps, self.unexplained)
         for src in sorted(set(self.produced) | set(self.written)):
-            out.append(f"  {src:<32} {self.produced.get(src, 0):>8} {self.written.get(src, 0):>9}")
+            out.append(f"  {src:<32}" + "".join(f"{c.get(src, 0):>10}" for c in cols))
         out += [
-            f"  {'total':<32} {sum(self.produced.values()):>8} {sum(self.written.values()):>9}",
+            f"  {'total':<32}" + "".join(f"{sum(c.values()):>10}" for c in cols),
             "",
             f"ingest: {self.readings_in} readings in, {self.duplicates} duplicates dropped,"
             f" {self.flagged} flagged, {self.episodes} anomaly episodes, {self.gaps} data gaps",
@@ -246,10 +250,12 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     written = _written_per_source(data_dir / READINGS_DIR)
+    in_gaps, unexplained = audit_against_truth(data_dir, ledger)
     n, head = ledger.head()
     ledger.close()
     return DemoSummary(
-        duration_s=time.monotonic() - t0, produced=produced, written=written, readings_in=ingest.stats.readings_in,
+        duration_s=time.monotonic() - t0, produced=produced, written=written, in_gaps=in_gaps,
+        unexplained=unexplained, readings_in=ingest.stats.readings_in,
         duplicates=ingest.stats.duplicates, flagged=ingest.stats.flagged, episodes=ingest.stats.episodes,
         gaps=ingest.stats.gaps,
         ledger_events=n, ledger_head=head.hex(),
@@ -278,10 +284,13 @@ async def _wait(stop: asyncio.Event, duration_s: float | None, tasks: list[async
         stopped.cancel()
 
 
-async def _drain(readers: list, produced: dict[str, int], timeout_s: float) -> None:
-    """Wait until the readers have received every reading the simulator says it sent."""
+async def _drain(readers: list, produced: dict[str, int], timeout_s: float, quiet_s: float = 2.0) -> None:
+    """Wait until the readers have received every reading the simulator says it sent, or nothing
+    new has arrived for ``quiet_s`` (what is still missing then was lost in an outage, and the
+    readers recorded it as a gap)."""
     deadline = time.monotonic() + timeout_s
     pending: dict[str, int] = {}
+    last_total, last_change = -1, time.monotonic()
     while time.monotonic() < deadline:
         seen: dict[str, int] = {}
         for r in readers:
@@ -290,8 +299,50 @@ async def _drain(readers: list, produced: dict[str, int], timeout_s: float) -> N
         pending = {s: n - seen.get(s, 0) for s, n in produced.items() if n > seen.get(s, 0)}
         if not pending:
             return
+        total = sum(seen.values())
+        if total != last_total:
+            last_total, last_change = total, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            break
         await asyncio.sleep(0.1)
-    log.warning("app.drain_timeout missing=%s", pending)
+    log.warning("app.drain_incomplete missing=%s", pending)
+
+
+def audit_against_truth(data_dir: Path, ledger: Ledger) -> tuple[dict[str, int], dict[str, int]]:
+    """Compare what the simulator sent with Parquet: readings missing but inside a recorded gap of
+    their source, and readings missing with no explanation (which must be none), per source."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    truth_path = data_dir / TRUTH_DIR / "readings.parquet"
+    if not truth_path.exists():
+        return {}, {}
+    truth = pq.read_table(truth_path)
+    key = pa.table({"source": truth.column("source").cast(pa.string()),
+                    "sensor": truth.column("sensor").cast(pa.string()),
+                    "ts": truth.column("ts").cast(pa.int64())})
+    got = read_dataset(data_dir / READINGS_DIR)
+    have = pa.table({"source": source_keys(got), "sensor": got.column("sensor").cast(pa.string()),
+                     "ts": got.column("ts").cast(pa.int64()), "seen": pa.array([True] * got.num_rows)})
+    joined = key.join(have, ["source", "sensor", "ts"], join_type="left outer")
+    missing = joined.filter(pc.is_null(joined.column("seen")))
+    gaps: dict[str, list[tuple[int, int]]] = {}
+    for e in ledger.events(kind=events.DATA_GAP):
+        g = e.as_dict()["gap"]
+        gaps.setdefault(g["source"], []).append((_parse_iso(g["start"]), _parse_iso(g["end"])))
+    in_gaps: dict[str, int] = {}
+    unexplained: dict[str, int] = {}
+    for src, ts in zip(missing.column("source").to_pylist(), missing.column("ts").to_pylist(), strict=True):
+        covered = any(a <= ts <= b for a, b in gaps.get(src, ()))
+        target = in_gaps if covered else unexplained
+        target[src] = target.get(src, 0) + 1
+    return in_gaps, unexplained
+
+
+def _parse_iso(text: str) -> int:
+    from datetime import datetime
+
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000) * 1_000_000
 
 
 def _written_per_source(root: Path) -> dict[str, int]:
