@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from firmware_sim.opcua_server import LinePlcServer, ServerSecurity
-from firmware_sim.scenario import Chunk, PlantGenerator, Scenario, Stream, parse_scenario, shipments_of
+from firmware_sim.scenario import Chunk, PlantGenerator, Scenario, Stream, shipments_of
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +433,3 @@ def _recv(conn: Connection, proc: mp.Process, timeout_s: float):
         raise RuntimeError(f"simulator line process {proc.pid} did not answer within {timeout_s:g} s"
                            f" (alive={proc.is_alive()}, exitcode={proc.exitcode})")
     return conn.recv()
-
-
-def scenario_from_json(text: str) -> Scenario:
-    return parse_scenario(text)
