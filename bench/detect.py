@@ -31,17 +31,17 @@ def main() -> None:
     values = kernels.readonly(rng.normal(50, 5, n).round(3))
     quality = kernels.readonly(np.zeros(n, np.uint8))
     lsl, usl = np.full(m, 35.0), np.full(m, 65.0)
-    lam, zlim, warm = np.full(m, 0.1), np.full(m, 5.0), np.full(m, 30, np.int64)
+    lam, zlim, warm, rebase = np.full(m, 0.1), np.full(m, 5.0), np.full(m, 30, np.int64), np.full(m, 120, np.int64)
 
     t = time.perf_counter()
     kernels.warm_up()
     compile_s = time.perf_counter() - t
 
     def run_numba() -> tuple[float, np.ndarray]:
-        mean, var, count = np.zeros(m), np.zeros(m), np.zeros(m, np.int64)
+        mean, var, count, run = np.zeros(m), np.zeros(m), np.zeros(m, np.int64), np.zeros(m, np.int64)
         flags, z = np.zeros(n, np.uint32), np.zeros(n)
         t0 = time.perf_counter()
-        kernels.spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warm, mean, var, count, flags, z)
+        kernels.spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warm, rebase, mean, var, count, run, flags, z)
         return time.perf_counter() - t0, flags
 
     times = []
@@ -51,7 +51,7 @@ def main() -> None:
     numba_s = float(np.median(times))
 
     k = min(args.reference_readings, n)
-    params = {s: SensorParams(35.0, 65.0, 0.1, 5.0, 30) for s in range(m)}
+    params = {s: SensorParams(35.0, 65.0, 0.1, 5.0, 30, 120) for s in range(m)}
     ref_in = (idx[:k].tolist(), values[:k].tolist(), quality[:k].tolist())
     t0 = time.perf_counter()
     ref_flags, _ = spec_ewma_reference(*ref_in, params, {})
@@ -59,13 +59,14 @@ def main() -> None:
     assert ref_flags == flags[:k].tolist(), "kernel and reference disagree"
 
     # Latency of one 1,000-reading batch through the kernel, as ingest calls it.
-    mean, var, count = np.zeros(m), np.zeros(m), np.zeros(m, np.int64)
+    mean, var, count, run = np.zeros(m), np.zeros(m), np.zeros(m, np.int64), np.zeros(m, np.int64)
     lat = []
     for i in range(2000):
         s = slice(i * 1000, (i + 1) * 1000)
         f, z = np.zeros(1000, np.uint32), np.zeros(1000)
         t0 = time.perf_counter()
-        kernels.spec_ewma(idx[s], values[s], quality[s], lsl, usl, lam, zlim, warm, mean, var, count, f, z)
+        kernels.spec_ewma(idx[s], values[s], quality[s], lsl, usl, lam, zlim, warm, rebase, mean, var, count, run, f,
+                          z)
         lat.append(time.perf_counter() - t0)
 
     numba_rate = n / numba_s

@@ -49,6 +49,7 @@ class SensorRule(_Frozen):
     ewma_lambda: Annotated[float | None, Field(gt=0, le=1)] = None
     ewma_z: Annotated[float | None, Field(gt=0)] = None
     warmup: Annotated[int | None, Field(ge=1)] = None
+    rebaseline_after: Annotated[int | None, Field(ge=0)] = None
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> SensorRule:
@@ -61,18 +62,23 @@ class DetectConfig(_Frozen):
     ewma_lambda: Annotated[float, Field(gt=0, le=1)] = 0.1
     ewma_z: Annotated[float, Field(gt=0)] = 5.0
     warmup: Annotated[int, Field(ge=1)] = 30
+    rebaseline_after: Annotated[int, Field(ge=0)] = 120
+    """After this many consecutive EWMA-flagged readings the shift is taken as the new normal and
+    the baseline is learnt again (0 = never): one episode per step change, not an endless alarm."""
     sensors: tuple[SensorRule, ...] = ()
 
-    def for_sensor(self, key: str) -> tuple[float, float, float, float, int]:
-        """(lsl, usl, lambda, z, warmup) for a sensor key; the last matching rule wins."""
-        lsl, usl, lam, z, warm = -math.inf, math.inf, self.ewma_lambda, self.ewma_z, self.warmup
+    def for_sensor(self, key: str) -> tuple[float, float, float, float, int, int]:
+        """(lsl, usl, lambda, z, warmup, rebaseline_after) for a sensor key; the last matching rule wins."""
+        lsl, usl, lam, z = -math.inf, math.inf, self.ewma_lambda, self.ewma_z
+        warm, rebase = self.warmup, self.rebaseline_after
         for rule in self.sensors:
             if fnmatch.fnmatchcase(key, rule.match):
                 lsl, usl = rule.lsl, rule.usl
                 lam = rule.ewma_lambda if rule.ewma_lambda is not None else lam
                 z = rule.ewma_z if rule.ewma_z is not None else z
                 warm = rule.warmup if rule.warmup is not None else warm
-        return lsl, usl, lam, z, warm
+                rebase = rule.rebaseline_after if rule.rebaseline_after is not None else rebase
+        return lsl, usl, lam, z, warm, rebase
 
 
 class SinkConfig(_Frozen):

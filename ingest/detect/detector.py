@@ -40,6 +40,8 @@ class Detector:
         grow("lam", np.float64, 0.1)
         grow("zlim", np.float64, np.inf)
         grow("warmup", np.int64, 1)
+        grow("rebase", np.int64, 0)
+        grow("run", np.int64, 0)
         grow("mean", np.float64, 0.0)
         grow("var", np.float64, 0.0)
         grow("count", np.int64, 0)
@@ -51,7 +53,8 @@ class Detector:
         i = len(self.keys)
         if i >= len(self.lsl):
             self._alloc(2 * len(self.lsl))
-        self.lsl[i], self.usl[i], self.lam[i], self.zlim[i], self.warmup[i] = self.config.for_sensor(key)
+        (self.lsl[i], self.usl[i], self.lam[i], self.zlim[i], self.warmup[i],
+         self.rebase[i]) = self.config.for_sensor(key)
         self.keys.append(key)
         self._index[key] = i
         return i
@@ -71,8 +74,8 @@ class Detector:
         quality = kernels.readonly(batch.column("quality").to_numpy(zero_copy_only=False))
         flags = np.zeros(len(idx), dtype=np.uint32)
         z = np.zeros(len(idx), dtype=np.float64)
-        kernels.spec_ewma(idx, values, quality, self.lsl, self.usl, self.lam, self.zlim, self.warmup,
-                          self.mean, self.var, self.count, flags, z)
+        kernels.spec_ewma(idx, values, quality, self.lsl, self.usl, self.lam, self.zlim, self.warmup, self.rebase,
+                          self.mean, self.var, self.count, self.run, flags, z)
         return idx, flags, z
 
     def flag(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray]:

@@ -24,13 +24,15 @@ QUALITY_BAD = np.uint8(Quality.BAD)
 
 
 @njit(cache=True, nogil=True)
-def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, mean, var, count, flags, z):
+def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, var, count, run, flags, z):
     """Spec limits and EWMA z-score for one batch, updating per-sensor ``mean``/``var``/``count``.
 
     z is the deviation from the EWMA mean in units of the EWMA standard deviation, computed
     *before* the reading updates the state. Readings that break a rule do not update the state
     (phase II SPC: the baseline is what the process does when in control), so a shift stays
-    flagged for as long as it lasts. Bad-quality and non-finite readings are flagged and skipped.
+    flagged for as long as it lasts, until ``rebase[s]`` consecutive EWMA flags (``run``) say it is
+    the new normal: then the baseline is learnt again from the next reading (0 = never).
+    Bad-quality and non-finite readings are flagged and skipped.
     """
     for i in range(idx.shape[0]):
         s = idx[i]
@@ -59,6 +61,14 @@ def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, mean, var, coun
                 f |= EWMA_Z
         z[i] = zi
         flags[i] = f
+        if f & EWMA_Z:
+            run[s] += 1
+            if rebase[s] > 0 and run[s] >= rebase[s]:
+                count[s] = 0
+                run[s] = 0
+                continue
+        else:
+            run[s] = 0
         if f == 0 or n < warmup[s]:
             if n == 0:
                 mean[s] = x
@@ -139,6 +149,7 @@ def warm_up() -> None:
     def u() -> np.ndarray:
         return np.zeros(1, np.uint32)
 
-    spec_ewma(i(), readonly(f()), readonly(np.zeros(1, np.uint8)), f(), f(), f(), f(), i(), f(), f(), i(), u(), f())
+    q = readonly(np.zeros(1, np.uint8))
+    spec_ewma(i(), readonly(f()), q, f(), f(), f(), f(), i(), i(), f(), f(), i(), i(), u(), f())
     episodes(i(), readonly(i()), readonly(u()), readonly(f()), np.zeros(1, np.bool_), i(), i(), u(), f(), f(), i(),
              i(), i(), i(), u(), f(), f(), i(), i(), np.zeros(1, np.uint8))

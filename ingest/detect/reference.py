@@ -19,6 +19,7 @@ class SensorParams:
     lam: float
     zlim: float
     warmup: int
+    rebase: int = 0
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EwmaState:
     mean: float = 0.0
     var: float = 0.0
     count: int = 0
+    run: int = 0  # consecutive EWMA flags
 
 
 def spec_ewma_reference(sensors: list[int], values: list[float], quality: list[int],
@@ -57,6 +59,13 @@ def spec_ewma_reference(sensors: list[int], values: list[float], quality: list[i
                 f |= Flag.EWMA_Z
         flags.append(int(f))
         zs.append(z)
+        if f & Flag.EWMA_Z:
+            st.run += 1
+            if p.rebase and st.run >= p.rebase:  # a sustained shift is the new normal: learn again
+                st.count, st.run = 0, 0
+                continue
+        else:
+            st.run = 0
         in_warmup = st.count < p.warmup
         if f == 0 or in_warmup:
             if st.count == 0:

@@ -20,8 +20,8 @@ from ingest.detect.reference import (
 from qctrace.schema import Flag
 
 N_SENSORS = 4
-PARAMS = {0: SensorParams(-1.0, 1.0, 0.2, 3.0, 3), 1: SensorParams(-math.inf, math.inf, 0.05, 2.0, 1),
-          2: SensorParams(0.0, 10.0, 1.0, 0.5, 5), 3: SensorParams(-5.0, 5.0, 0.5, 4.0, 2)}
+PARAMS = {0: SensorParams(-1.0, 1.0, 0.2, 3.0, 3, 4), 1: SensorParams(-math.inf, math.inf, 0.05, 2.0, 1, 2),
+          2: SensorParams(0.0, 10.0, 1.0, 0.5, 5, 0), 3: SensorParams(-5.0, 5.0, 0.5, 4.0, 2, 1)}
 
 value = st.one_of(st.floats(-20, 20, allow_nan=False), st.just(math.nan), st.just(math.inf), st.just(-math.inf),
                   st.sampled_from([0.0, 1.0, 1.0, 1.0]))
@@ -37,9 +37,11 @@ class KernelState:
         self.lam = np.array([x.lam for x in p])
         self.zlim = np.array([x.zlim for x in p])
         self.warmup = np.array([x.warmup for x in p], dtype=np.int64)
+        self.rebase = np.array([x.rebase for x in p], dtype=np.int64)
         self.mean = np.zeros(N_SENSORS)
         self.var = np.zeros(N_SENSORS)
         self.count = np.zeros(N_SENSORS, dtype=np.int64)
+        self.run_ = np.zeros(N_SENSORS, dtype=np.int64)
 
     def run(self, batch):
         idx = np.array([r[0] for r in batch], dtype=np.int64)
@@ -47,8 +49,8 @@ class KernelState:
         q = kernels.readonly(np.array([r[2] for r in batch], dtype=np.uint8))
         flags = np.zeros(len(batch), dtype=np.uint32)
         z = np.zeros(len(batch))
-        kernels.spec_ewma(idx, vals, q, self.lsl, self.usl, self.lam, self.zlim, self.warmup, self.mean, self.var,
-                          self.count, flags, z)
+        kernels.spec_ewma(idx, vals, q, self.lsl, self.usl, self.lam, self.zlim, self.warmup, self.rebase, self.mean,
+                          self.var, self.count, self.run_, flags, z)
         return flags.tolist(), z.tolist()
 
 
@@ -97,6 +99,17 @@ def test_a_spike_after_warmup_is_flagged_and_does_not_move_the_baseline():
     flags, z = ks.run([(1, 5.0, 0, 0)])
     assert flags[0] & Flag.EWMA_Z and z[0] > 10
     assert ks.mean[1] == mean_before
+
+
+def test_a_permanent_step_raises_one_bounded_alarm_then_becomes_the_new_normal():
+    ks = KernelState()
+    ks.zlim[2], ks.warmup[2], ks.rebase[2], ks.lam[2] = 4.0, 10, 20, 0.2
+    rng = np.random.default_rng(2)
+    ks.run([(2, float(x), 0, 0) for x in rng.normal(5, 0.1, 100)])
+    flags, _ = ks.run([(2, float(x), 0, 0) for x in rng.normal(7, 0.1, 200)])  # still inside 0-10 spec
+    flagged = [i for i, f in enumerate(flags) if f & Flag.EWMA_Z]
+    assert flagged[:20] == list(range(20))  # the step is flagged at once, 20 readings in a row ...
+    assert sum(1 for f in flags[40:] if f) <= 4  # ... then it is the new normal, not an endless alarm
 
 
 def test_bad_quality_and_non_finite_are_flagged_without_judging_the_value():
