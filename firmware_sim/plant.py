@@ -28,8 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from firmware_sim.generator import Chunk, PlantGenerator
 from firmware_sim.opcua_server import LinePlcServer, ServerSecurity
-from firmware_sim.scenario import Chunk, PlantGenerator, Scenario, Stream, shipments_of
+from firmware_sim.scenario import Scenario, Stream, shipments_of
 
 log = logging.getLogger(__name__)
 

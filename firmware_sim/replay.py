@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from firmware_sim.generator import PlantGenerator
 from firmware_sim.plant import custody_table, labels_table
-from firmware_sim.scenario import PlantGenerator, Scenario, shipments_of
+from firmware_sim.scenario import Scenario, shipments_of
 from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, Quality
 
 

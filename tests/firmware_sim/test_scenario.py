@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edge.frames import parse_frame
-from firmware_sim.scenario import PlantGenerator, load_scenario
+from firmware_sim.generator import PlantGenerator
+from firmware_sim.scenario import load_scenario
 from firmware_sim.serial_logger import encode_frame
 from qctrace.errors import ConfigError
 
