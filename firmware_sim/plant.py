@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from firmware_sim.generator import Chunk, PlantGenerator
 from firmware_sim.opcua_server import LinePlcServer, ServerSecurity
-from firmware_sim.scenario import Scenario, Stream, shipments_of
+from firmware_sim.scenario import Scenario, Stream, shipments_of, streams_of
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +47,33 @@ TRUTH_SCHEMA = pa.schema(
 )
 
 
-def truth_batch(streams: list[Stream], cols: np.ndarray, chunk: Chunk, rows: np.ndarray, lots: list[str],
-                lot_idx: np.ndarray) -> pa.RecordBatch:
-    """Truth rows for (tick row, column) pairs, built column-wise. ``lot_idx`` indexes ``lots``."""
-    sources = sorted({s.source for s in streams})
-    src_of = np.array([sources.index(s.source) for s in streams], dtype=np.int32)
-    sensors = sorted({s.sensor for s in streams})
-    sen_of = np.array([sensors.index(s.sensor) for s in streams], dtype=np.int32)
-    return pa.RecordBatch.from_arrays([
-        pa.DictionaryArray.from_arrays(pa.array(src_of[cols]), pa.array(sources, pa.string())),
-        pa.DictionaryArray.from_arrays(pa.array(sen_of[cols]), pa.array(sensors, pa.string())),
-        pa.array(chunk.ticks[rows]),
-        pa.array(chunk.ts[rows, cols], pa.timestamp("ns", tz="UTC")),
-        pa.array(chunk.values[rows, cols]),
-        pa.array(chunk.status[rows, cols]),
-        pa.DictionaryArray.from_arrays(pa.array(lot_idx.astype(np.int32)), pa.array(lots or [""], pa.string())),
-    ], schema=TRUTH_SCHEMA)
+def dictionary_codes(names: list[str]) -> tuple[np.ndarray, pa.Array]:
+    """Per-item codes into a sorted dictionary of the distinct names: build once, index per tick."""
+    uniq = sorted(set(names))
+    pos = {n: i for i, n in enumerate(uniq)}
+    return np.array([pos[n] for n in names], dtype=np.int32), pa.array(uniq, pa.string())
+
+
+class TruthColumns:
+    """Ground-truth rows for a fixed set of streams; the dictionaries are built once, not per tick."""
+
+    def __init__(self, streams: list[Stream]) -> None:
+        self._src = dictionary_codes([s.source for s in streams])
+        self._sen = dictionary_codes([s.sensor for s in streams])
+
+    def batch(self, cols: np.ndarray, chunk: Chunk, rows: np.ndarray, lots: list[str],
+              lot_idx: np.ndarray) -> pa.RecordBatch:
+        """Rows for (tick row, column) pairs of ``chunk``; ``lot_idx`` indexes ``lots``."""
+        (src_of, sources), (sen_of, sensors) = self._src, self._sen
+        return pa.RecordBatch.from_arrays([
+            pa.DictionaryArray.from_arrays(pa.array(src_of[cols]), sources),
+            pa.DictionaryArray.from_arrays(pa.array(sen_of[cols]), sensors),
+            pa.array(chunk.ticks[rows]),
+            pa.array(chunk.ts[rows, cols], pa.timestamp("ns", tz="UTC")),
+            pa.array(chunk.values[rows, cols]),
+            pa.array(chunk.status[rows, cols]),
+            pa.DictionaryArray.from_arrays(pa.array(lot_idx.astype(np.int32)), pa.array(lots or [""], pa.string())),
+        ], schema=TRUTH_SCHEMA)
 
 
 class LineRunner:
@@ -72,6 +83,7 @@ class LineRunner:
                  security: ServerSecurity | None = None) -> None:
         self.scenario = scenario
         self.gen = PlantGenerator(scenario, seed, streams)
+        self._truth_cols = TruthColumns(self.gen.streams)
         self.server = LinePlcServer(streams, host, port, security)
         self.truth: list[pa.RecordBatch] = []
         self._restarts = [f for f in scenario.faults if f.kind == "opcua_server_restart"
@@ -122,7 +134,7 @@ class LineRunner:
             if n % 200 == 199:
                 await asyncio.sleep(0)  # a real PLC answers clients while it scans its I/O
         rows = np.zeros(len(cols), dtype=np.int64)
-        self.truth.append(truth_batch(self.gen.streams, cols, chunk, rows, lots, lot_of_col[cols]))
+        self.truth.append(self._truth_cols.batch(cols, chunk, rows, lots, lot_of_col[cols]))
 
 
 class LoggerRunner:
@@ -132,8 +144,9 @@ class LoggerRunner:
         from firmware_sim.serial_logger import PtyLogger
 
         self.scenario = scenario
-        streams = [s for s in PlantGenerator(scenario, seed).all_streams if s.kind == "serial"]
+        streams = [s for s in streams_of(scenario) if s.kind == "serial"]
         self.gen = PlantGenerator(scenario, seed, streams)
+        self._truth_cols = TruthColumns(streams)
         self.shipments = shipments_of(scenario)
         self.loggers = {sh.id: PtyLogger(sh.logger, dev_dir / sh.logger if dev_dir else None, baudrate)
                         for sh in self.shipments}
@@ -190,7 +203,7 @@ class LoggerRunner:
         if pace:
             await asyncio.sleep(pace)
         cols_a = np.asarray(sent_cols, dtype=np.int64)
-        self.truth.append(truth_batch(self.gen.streams, cols_a, chunk, np.zeros(len(cols_a), np.int64), lots,
+        self.truth.append(self._truth_cols.batch(cols_a, chunk, np.zeros(len(cols_a), np.int64), lots,
                                       np.asarray(lot_idx, dtype=np.int32)))
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from firmware_sim.generator import PlantGenerator
-from firmware_sim.plant import custody_table, labels_table
+from firmware_sim.plant import custody_table, dictionary_codes, labels_table
 from firmware_sim.scenario import Scenario, shipments_of
 from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, Quality
 
@@ -48,12 +48,7 @@ def replay(scenario: Scenario, seed: int, out_dir: Path, ticks: int, chunk_ticks
     n_streams = len(streams)
     chunk_ticks = chunk_ticks or max(1, min(ticks, 2_000_000 // max(n_streams, 1)))
 
-    def dict_col(names: list[str]) -> tuple[np.ndarray, pa.Array]:
-        uniq = sorted(set(names))
-        pos = {n: i for i, n in enumerate(uniq)}
-        return np.array([pos[n] for n in names], dtype=np.int32), pa.array(uniq, pa.string())
-
-    parts = {name: dict_col([getattr(s, name if name != "sensor" else "sensor") for s in streams])
+    parts = {name: dictionary_codes([getattr(s, name) for s in streams])
              for name in ("site", "line", "device", "sensor")}
     sources = sorted({s.source for s in streams})
     src_of = np.array([sources.index(s.source) for s in streams], dtype=np.int64)

@@ -12,9 +12,11 @@ from typing import Any
 
 LOT_STARTED = "lot_started"
 LOT_FINISHED = "lot_finished"
+LOT_SHIPPED = "lot_shipped"
 ANOMALY_EPISODE = "anomaly_episode"
+DATA_GAP = "data_gap"
 
-KINDS = (LOT_STARTED, LOT_FINISHED, ANOMALY_EPISODE)
+KINDS = (LOT_STARTED, LOT_FINISHED, LOT_SHIPPED, ANOMALY_EPISODE, DATA_GAP)
 
 
 def iso(ns: int) -> str:
@@ -78,9 +80,6 @@ def anomaly_episode(lot: str | None, sensor: str, start_ns: int, end_ns: int, fl
     }
 
 
-LOT_SHIPPED = "lot_shipped"
-KINDS = (*KINDS, LOT_SHIPPED)
-
 
 def lot_shipped(lot: str, shipment: str, logger: str, at_ns: int) -> dict[str, Any]:
     """A lot's cold-chain logger started reporting: the lot is in transit in ``shipment``."""
@@ -97,9 +96,6 @@ def lot_shipped(lot: str, shipment: str, logger: str, at_ns: int) -> dict[str, A
         "readPoint": {"id": f"urn:qctrace:shipment:{shipment}"},
     }
 
-
-DATA_GAP = "data_gap"
-KINDS = (*KINDS, DATA_GAP)
 
 
 def data_gap(source: str, start_ns: int, end_ns: int, reason: str) -> dict[str, Any]:

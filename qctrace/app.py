@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge import BatchBuilder, InProcessTransport, OpcUaReader, SeqAllocator, SerialReader, StreamTable
@@ -249,8 +250,9 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
             await c.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    written = _written_per_source(data_dir / READINGS_DIR)
-    in_gaps, unexplained = audit_against_truth(data_dir, ledger)
+    dataset = read_dataset(data_dir / READINGS_DIR)
+    written = _per_source(dataset)
+    in_gaps, unexplained = audit_against_truth(data_dir, ledger, dataset)
     n, head = ledger.head()
     ledger.close()
     return DemoSummary(
@@ -308,10 +310,10 @@ async def _drain(readers: list, produced: dict[str, int], timeout_s: float, quie
     log.warning("app.drain_incomplete missing=%s", pending)
 
 
-def audit_against_truth(data_dir: Path, ledger: Ledger) -> tuple[dict[str, int], dict[str, int]]:
+def audit_against_truth(data_dir: Path, ledger: Ledger,
+                        dataset: pa.Table | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Compare what the simulator sent with Parquet: readings missing but inside a recorded gap of
     their source, and readings missing with no explanation (which must be none), per source."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     truth_path = data_dir / TRUTH_DIR / "readings.parquet"
@@ -321,7 +323,7 @@ def audit_against_truth(data_dir: Path, ledger: Ledger) -> tuple[dict[str, int],
     key = pa.table({"source": truth.column("source").cast(pa.string()),
                     "sensor": truth.column("sensor").cast(pa.string()),
                     "ts": truth.column("ts").cast(pa.int64())})
-    got = read_dataset(data_dir / READINGS_DIR)
+    got = read_dataset(data_dir / READINGS_DIR) if dataset is None else dataset
     have = pa.table({"source": source_keys(got), "sensor": got.column("sensor").cast(pa.string()),
                      "ts": got.column("ts").cast(pa.int64()), "seen": pa.array([True] * got.num_rows)})
     joined = key.join(have, ["source", "sensor", "ts"], join_type="left outer")
@@ -345,8 +347,7 @@ def _parse_iso(text: str) -> int:
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000) * 1_000_000
 
 
-def _written_per_source(root: Path) -> dict[str, int]:
-    table = read_dataset(root)
+def _per_source(table: pa.Table) -> dict[str, int]:
     if table.num_rows == 0:
         return {}
     counts = pc.value_counts(source_keys(table))
