@@ -10,8 +10,15 @@
     ├── FrameError                  one serial frame rejected (counted, never a reading)
     ├── SinkCommitError             the Parquet sink could not commit; upstream must not ack
     └── LedgerError
+        ├── InvalidEvent            an event refused on append (nothing written)
+        ├── AnchorError             the chain to anchor on cannot be reached or refused the anchor
         └── LedgerIntegrityError    verification failed: carries the first bad event
-            └── ChainBroken
+            ├── ChainBroken         hash chain: an event changed, deleted, inserted or reordered
+            ├── RootMismatch        Merkle root/proof does not match (carries expected vs computed)
+            ├── BadSignature        a checkpoint signature does not verify, or its key is unknown
+            ├── RolledBack          the ledger is shorter than a checkpoint that was signed
+            ├── AnchorMismatch      an anchored root differs from its checkpoint, or the anchor is gone
+            └── DataFileChanged     a Parquet file differs from the hash the ledger recorded
 
 Verification raises and never returns ``False``: a caller cannot forget to check.
 """
@@ -78,4 +85,32 @@ class LedgerIntegrityError(LedgerError):
 
 
 class ChainBroken(LedgerIntegrityError):
+    pass
+
+
+class RootMismatch(LedgerIntegrityError):
+    pass
+
+
+class BadSignature(LedgerIntegrityError):
+    pass
+
+
+class RolledBack(LedgerIntegrityError):
+    pass
+
+
+class AnchorMismatch(LedgerIntegrityError):
+    pass
+
+
+class DataFileChanged(LedgerIntegrityError):
+    pass
+
+
+class InvalidEvent(LedgerError):
+    """An event was refused on append; nothing of its batch was written."""
+
+
+class AnchorError(LedgerError):
     pass
