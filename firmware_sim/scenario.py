@@ -75,11 +75,29 @@ class DeviceSpec(_Model):
     tags: tuple[TagSpec, ...]
 
 
+_GTIN = r"^\d{6,12}\.\d{0,7}$"  # '<company prefix>.<indicator + item reference>', 13 digits and a dot
+DEFAULT_GTIN = "0614141.000000"
+
+
+class InputSpec(_Model):
+    """A material a line consumes: each of its lots (from one supplier) feeds ``lots_per_input`` line lots."""
+
+    material: str
+    supplier: str
+    gtin: Annotated[str, Field(pattern=_GTIN, min_length=14, max_length=14)] = DEFAULT_GTIN
+    lot_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.{}:-]{1,16}$")]
+    lots_per_input: Annotated[int, Field(ge=1)] = 3
+
+
 class LineSpec(_Model):
     name: Annotated[str, Field(pattern=_NAME)]
     count: Annotated[int, Field(ge=1)] = 1
     lot_every_s: Annotated[float, Field(gt=0)] = 120.0
-    lot_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.{}:-]{1,48}$")] = "LOT-"
+    # a lot number is the prefix and 4 digits, and GS1 allows 20 characters
+    lot_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.{}:-]{1,16}$")] = "LOT-"
+    product: str = "product"
+    gtin: Annotated[str, Field(pattern=_GTIN, min_length=14, max_length=14)] = DEFAULT_GTIN
+    inputs: tuple[InputSpec, ...] = ()
     devices: tuple[DeviceSpec, ...]
 
 
@@ -108,6 +126,7 @@ class ShipmentSpec(_Model):
     humidity_noise: Annotated[float, Field(ge=0)] = 1.0
     band: tuple[float, float] = (2.0, 8.0)
     stages: tuple[StageSpec, ...] = ()
+    customer: str | None = None  # who receives the shipment at its last stage
 
 
 class FaultSpec(_Model):
@@ -197,6 +216,10 @@ class Line:
     name: str
     lot_every_s: float
     lot_prefix: str
+    product: str = "product"
+    gtin: str = DEFAULT_GTIN
+    inputs: tuple[InputSpec, ...] = ()
+    devices: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -210,6 +233,7 @@ class Shipment:
     logger: str
     band: tuple[float, float]
     stages: tuple[StageSpec, ...]
+    customer: str | None = None
 
 
 def _expand(name: str, count: int) -> list[str]:
@@ -221,7 +245,8 @@ def _expand(name: str, count: int) -> list[str]:
 
 
 def lines_of(scenario: Scenario) -> list[Line]:
-    return [Line(site.name, ln, line.lot_every_s, line.lot_prefix.format(i=k))
+    return [Line(site.name, ln, line.lot_every_s, line.lot_prefix.format(i=k), line.product, line.gtin,
+                 line.inputs, tuple(d for dev in line.devices for d in _expand(dev.name, dev.count)))
             for site in scenario.sites for line in site.lines
             for k, ln in enumerate(_expand(line.name, line.count))]
 
@@ -230,7 +255,8 @@ def shipments_of(scenario: Scenario) -> list[Shipment]:
     out = []
     for sh in scenario.shipments:
         for k, sid in enumerate(_expand(sh.id, sh.count)):
-            out.append(Shipment(sid, sh.lot.format(i=k), sh.logger.format(i=k), sh.band, sh.stages))
+            out.append(Shipment(sid, sh.lot.format(i=k), sh.logger.format(i=k), sh.band, sh.stages,
+                                sh.customer.format(i=k) if sh.customer else None))
     return out
 
 

@@ -1,7 +1,8 @@
 """Ingest: deduplicate, detect, sink, and report what the ledger should record.
 
 Order matters: duplicates are dropped *before* detection so a redelivered reading never moves a
-detector's state twice. Provenance facts (lot transitions, anomaly episodes) go to ``on_events``,
+detector's state twice. Provenance facts (lot transitions, anomaly episodes, gaps, and each committed Parquet file with
+its SHA-256) go to ``on_events``,
 which the application wires to the ledger: ingest itself knows nothing of the ledger.
 """
 
@@ -20,13 +21,13 @@ import pyarrow as pa
 from ingest.detect import Detector
 from ingest.episodes import Episode, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
-from ingest.sink import ParquetSink
+from ingest.sink import CommittedFile, ParquetSink
 from qctrace.config import DetectConfig, SinkConfig
 from qctrace.schema import Gap
 
 log = logging.getLogger(__name__)
 
-Fact = LotStarted | LotFinished | Episode | Gap
+Fact = LotStarted | LotFinished | Episode | Gap | CommittedFile
 OnEvents = Callable[[list[Fact]], None]
 
 
@@ -68,7 +69,9 @@ class Ingest:
             self.on_events(facts)
 
     def flush(self) -> None:
-        self.sink.flush()
+        files = self.sink.flush()
+        if files:
+            self.on_events(list(files))
 
     def finish(self) -> None:
         """Commit what is buffered and close open episodes (end of run)."""
@@ -76,7 +79,7 @@ class Ingest:
         self.stats.episodes += len(eps)
         if eps:
             self.on_events(list(eps))
-        self.sink.flush()
+        self.flush()
 
     def gap(self, gap: Gap) -> None:
         """A source could not be read for a while: record it, so missing data is explained."""
@@ -92,7 +95,7 @@ class Ingest:
             while True:
                 await asyncio.sleep(flush_check_s)
                 if self.sink.due():
-                    self.sink.flush()
+                    self.flush()
 
         task = asyncio.create_task(flusher())
         try:
@@ -102,7 +105,7 @@ class Ingest:
                     continue
                 self.process(item)
                 if self.sink.due():
-                    self.sink.flush()
+                    self.flush()
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

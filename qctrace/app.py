@@ -25,12 +25,13 @@ import pyarrow.compute as pc
 
 from edge import BatchBuilder, InProcessTransport, OpcUaReader, SeqAllocator, SerialReader, StreamTable
 from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
-from ingest import Episode, Ingest, LotFinished, LotStarted, read_dataset
+from ingest import Ingest, read_dataset
 from ingest.detect.kernels import warm_up
 from ledger import Ledger, events
 from qctrace.config import Config
 from qctrace.errors import QctraceError, ReaderError
-from qctrace.schema import Gap, source_keys
+from qctrace.provenance import Provenance
+from qctrace.schema import source_keys
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +42,6 @@ TRUTH_DIR = "truth"
 
 def ledger_path(data_dir: Path) -> Path:
     return data_dir / LEDGER_FILE
-
-
-def facts_to_events(facts: list, shipments: dict[str, tuple[str, str]] | None = None) -> list[dict]:
-    """Ingest's facts as ledger events. ``shipments`` maps shipment id to (lot, logger)."""
-    out = []
-    for f in facts:
-        if isinstance(f, LotStarted):
-            if f.site == COLDCHAIN_SITE and shipments and f.line in shipments:
-                out.append(events.lot_shipped(f.lot, f.line, shipments[f.line][1], f.at_ns))
-            else:
-                out.append(events.lot_started(f.lot, f.site, f.line, f.at_ns))
-        elif isinstance(f, LotFinished):
-            out.append(events.lot_finished(f.lot, f.site, f.line, f.at_ns, f.readings, f.flagged))
-        elif isinstance(f, Episode):
-            out.append(events.anomaly_episode(f.lot, f.sensor, f.start_ns, f.end_ns, f.flags, f.rules,
-                                              f.min_value, f.max_value, f.readings))
-        elif isinstance(f, Gap):
-            out.append(events.data_gap(f.source, f.start_ns, f.end_ns, f.reason))
-    return out
 
 
 @dataclass
@@ -185,7 +167,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     data_dir = cfg.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     scenario = load_scenario(cfg.plant.scenario)
-    shipments = {sh.id: (sh.lot, sh.logger) for sh in shipments_of(scenario)}
+    provenance = Provenance.of(scenario)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,7 +175,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
 
     warm_up()  # compile (or load cached) kernels before the plant starts, not on the first batch
     ledger = Ledger(ledger_path(data_dir))
-    ingest = Ingest(data_dir, cfg.detect, cfg.sink, lambda facts: ledger.append_many(facts_to_events(facts, shipments)))
+    ingest = Ingest(data_dir, cfg.detect, cfg.sink, lambda facts: ledger.append_many(provenance.events_for(facts)))
     transport = InProcessTransport()
     streams = StreamTable()
     seqs = SeqAllocator(data_dir / "edge" / "seq.json")
@@ -251,6 +233,8 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     dataset = read_dataset(data_dir / READINGS_DIR)
+    if dataset.num_rows:  # custody stages the data reached after ingest's last fact
+        ledger.append_many(provenance.custody_until(pc.max(dataset.column("ts")).value))
     written = _per_source(dataset)
     in_gaps, unexplained = audit_against_truth(data_dir, ledger, dataset)
     n, head = ledger.head()
@@ -330,7 +314,7 @@ def audit_against_truth(data_dir: Path, ledger: Ledger,
     missing = joined.filter(pc.is_null(joined.column("seen")))
     gaps: dict[str, list[tuple[int, int]]] = {}
     for e in ledger.events(kind=events.DATA_GAP):
-        g = e.as_dict()["gap"]
+        g = e.as_dict()["qctrace:gap"]
         gaps.setdefault(g["source"], []).append((_parse_iso(g["start"]), _parse_iso(g["end"])))
     in_gaps: dict[str, int] = {}
     unexplained: dict[str, int] = {}

@@ -91,6 +91,24 @@ class DashboardConfig(_Frozen):
     address: str = "localhost"
 
 
+class AnchorConfig(_Frozen):
+    """Where checkpoint roots are anchored. Empty ``rpc_url``: eth-tester's in-process chain, kept
+    under DATA_DIR/chain (no network, nothing to install). Otherwise any Ethereum JSON-RPC node; the
+    account's private key is read from the environment variable named by ``private_key_env``, never
+    from this file."""
+
+    rpc_url: str = ""
+    private_key_env: str = "QCTRACE_ANCHOR_KEY"
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class LedgerConfig(_Frozen):
+    key_name: str = Field("qctrace.local/ledger", pattern=r"^[^\s+]+$",
+                          description="signing key name, also the checkpoints' origin line")
+    checkpoint_every: Annotated[int, Field(ge=0)] = 1000  # sign a checkpoint after this many new events (0 = never)
+    anchor: AnchorConfig = AnchorConfig()
+
+
 class Config(_Frozen):
     data_dir: Path = Path("demo-data")
     plant: PlantConfig = PlantConfig()
@@ -98,6 +116,7 @@ class Config(_Frozen):
     detect: DetectConfig = DetectConfig()
     sink: SinkConfig = SinkConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with top-level or dotted (``plant.seed``) fields replaced, validated again."""

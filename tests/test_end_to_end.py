@@ -109,7 +109,7 @@ def test_ledger_records_lots_and_episodes_and_verifies(demo_run):
 
 def test_trace_shows_a_lots_events_and_readings(demo_run):
     data, _ = demo_run
-    res = qctrace("trace", "LOT-2026-11-02-L1-0001", "--data-dir", str(data))
+    res = qctrace("trace", "L1-20261102-0001", "--data-dir", str(data))
     assert res.returncode == 0, res.stderr
     assert "lot_started" in res.stdout and "filler_weight" in res.stdout and "SPEC_HIGH" in res.stdout
 

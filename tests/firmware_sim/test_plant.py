@@ -26,7 +26,7 @@ async def test_address_space_browses_as_documented_and_values_carry_source_time(
             assert dv.StatusCode.is_good()
             assert dv.SourceTimestamp.isoformat().startswith("2026-11-02T06:00:02")
             lot = await c.nodes.objects.get_child([f"{ns}:plant1", f"{ns}:line1", f"{ns}:Lot"])
-            assert await lot.read_value() == "LOT-2026-11-02-L1-0001"
+            assert await lot.read_value() == "L1-20261102-0001"
         truth_files = plant.write_truth(tmp_path)
     assert plant.produced() == {"plant1/line1/plc1": 12, "coldchain/SHP-0001/logger-01": 12}
     assert truth_files["readings"].exists() and truth_files["labels"].exists()

@@ -1,0 +1,128 @@
+"""Full verification of a ledger, as an auditor runs it: every check, in the order that explains best.
+
+1. The chain, the leaf hashes, the derived index columns and the stored Merkle nodes (one scan of
+   the stored bytes; see ``Ledger.scan``).
+2. Every signed checkpoint, from the ledger and from the checkpoint files beside it (and any the
+   auditor brings): the signature with a trusted key, the size no larger than the ledger (else it
+   was rolled back), and the root equal to the tree's root at that size.
+3. Every anchor receipt: the transaction is on the chain and carries that checkpoint.
+4. Every ``data_committed`` event: the Parquet file still hashes to what the ledger recorded.
+
+Each step raises the first failure with what is wrong and where; ``progress`` is told the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger.anchor import AnchorReceipt, Chain
+from ledger.checkpoint import Checkpoint, open_checkpoint
+from ledger.events import DATA_COMMITTED, NS
+from ledger.note import Verifier
+from ledger.publish import anchor_files, anchor_payload, checkpoint_files
+from ledger.store import Ledger
+from qctrace.errors import AnchorMismatch, DataFileChanged, RolledBack, RootMismatch
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AuditReport:
+    events: int
+    head: str
+    root: str
+    checkpoints: int = 0
+    latest_checkpoint: int | None = None
+    anchors: int = 0
+    data_files: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"chain      OK  {self.events} events, head {self.head}",
+               f"merkle     OK  root {self.root}"]
+        out.append(f"checkpoints OK {self.checkpoints} signed, latest at size {self.latest_checkpoint}"
+                   if self.checkpoints else "checkpoints --  none signed yet (`qctrace checkpoint`)")
+        out.append(f"anchors    OK  {self.anchors} on chain" if self.anchors else "anchors    --  none")
+        out.append(f"data files OK  {self.data_files} Parquet files match their recorded SHA-256")
+        out += [f"skipped        {s}" for s in self.skipped]
+        return out
+
+
+def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir: Path | None = None,
+                  extra_checkpoints: Sequence[bytes] = (), chain: Chain | None = None,
+                  data_root: Path | None = None, progress: Progress | None = None,
+                  check_index: bool = True) -> AuditReport:
+    def tell(step: str) -> Callable[[int, int], None]:
+        return lambda done, total: progress(step, done, total) if progress else None
+
+    scan = led.scan(tell("events"), check_index=check_index)
+    report = AuditReport(events=scan.events, head=scan.head, root=scan.root.hex())
+
+    # 2. checkpoints: signature, not rolled back, root matches
+    notes: list[tuple[str, bytes]] = [(f"ledger checkpoint at size {s}", n) for s, n in led.checkpoints()]
+    if checkpoint_dir is not None:
+        notes += [(str(p), n) for p, n in checkpoint_files(checkpoint_dir)]
+    notes += [(f"checkpoint #{i + 1} given", n) for i, n in enumerate(extra_checkpoints)]
+    verified: dict[int, Checkpoint] = {}
+    for k, (where, note) in enumerate(notes):
+        tell("checkpoints")(k, len(notes))
+        cp = open_checkpoint(note, verifiers)
+        if cp.size > scan.events:
+            raise RolledBack(f"{where}: signed for {cp.size} events, but the ledger holds only {scan.events}:"
+                             f" events #{scan.events}..#{cp.size - 1} were removed (rolled back or truncated)",
+                             index=scan.events, expected=str(cp.size), computed=str(scan.events))
+        root = led.root(cp.size)
+        if root != cp.root:
+            raise RootMismatch(f"{where}: the signed root for size {cp.size} is not the ledger's root at that size"
+                               " (events before it were changed since it was signed)", index=None,
+                               expected=cp.root.hex(), computed=root.hex())
+        verified[cp.size] = cp
+    report.checkpoints = len(verified)
+    report.latest_checkpoint = max(verified) if verified else None
+
+    # 3. anchors
+    receipts = dict(led.anchors())
+    if checkpoint_dir is not None:
+        receipts.update(dict(anchor_files(checkpoint_dir)))
+    if receipts and chain is None:
+        report.skipped.append(f"{len(receipts)} anchors not checked (no chain given)")
+    elif receipts:
+        for k, (size, data) in enumerate(sorted(receipts.items())):
+            tell("anchors")(k, len(receipts))
+            cp = verified.get(size)
+            if cp is None:
+                raise AnchorMismatch(f"anchor of size {size}: no signed checkpoint of that size to match it",
+                                     index=None)
+            chain.verify(AnchorReceipt.from_dict(data), anchor_payload(cp.to_text()))
+        report.anchors = len(receipts)
+
+    # 4. data files
+    if data_root is None:
+        report.skipped.append("data files not checked (no dataset given)")
+    else:
+        committed = list(led.events(kind=DATA_COMMITTED))
+        for k, ev in enumerate(committed):
+            tell("data files")(k, len(committed))
+            d = json.loads(ev.body)[f"{NS}:data"]
+            path = data_root / d["path"]
+            if not path.is_file():
+                raise DataFileChanged(f"event #{ev.idx}: data file {path} is missing (it held {d['rows']} readings)",
+                                      index=ev.idx, expected=d["sha256"], computed="")
+            h = _sha256(path)
+            if h != d["sha256"]:
+                raise DataFileChanged(f"event #{ev.idx}: data file {path} changed after it was committed",
+                                      index=ev.idx, expected=d["sha256"], computed=h)
+        report.data_files = len(committed)
+    return report
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,102 @@
+"""Signed checkpoints and their anchors, kept twice: in the ledger and as files beside it.
+
+A checkpoint kept only inside the SQLite file would roll back with it. Each one is therefore also
+written to ``checkpoint_dir`` (one ``<size>.note`` per checkpoint, written atomically and never
+rewritten), where a copy of the data directory, a backup or an auditor keeps it; and its anchor
+receipt goes to ``<size>.anchor.json`` beside it. Verification reads both places, so a ledger that
+is shorter than any checkpoint ever signed is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from ledger.anchor import AnchorReceipt, Chain
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.note import Signer
+from ledger.store import Ledger
+
+log = logging.getLogger(__name__)
+
+ANCHOR_PREFIX = b"qctrace-anchor/1\n"
+
+
+def anchor_payload(checkpoint_text: str) -> bytes:
+    """What goes on chain for a checkpoint: a tag and the checkpoint's body (origin, size, root)."""
+    return ANCHOR_PREFIX + checkpoint_text.encode("utf-8")
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_file(checkpoint_dir: Path, size: int) -> Path:
+    return checkpoint_dir / f"{size:012d}.note"
+
+
+def make_checkpoint(led: Ledger, signer: Signer, checkpoint_dir: Path) -> tuple[int, bytes]:
+    """Sign the ledger's current tree head; returns (size, signed note). Idempotent per size."""
+    size = len(led)
+    existing = dict(led.checkpoints())
+    if size in existing:
+        return size, existing[size]
+    cp = Checkpoint(origin=signer.name, size=size, root=led.root(size))
+    note = sign_checkpoint(cp, signer)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    _write_once(checkpoint_file(checkpoint_dir, size), note)
+    led.add_checkpoint(size, note)
+    log.info("ledger.checkpoint size=%d root=%s", size, cp.root.hex())
+    return size, note
+
+
+def anchor_checkpoint(led: Ledger, chain: Chain, checkpoint_dir: Path, size: int | None = None) -> AnchorReceipt:
+    """Put the checkpoint of ``size`` (default: the latest) on chain and record the receipt."""
+    cps = dict(led.checkpoints())
+    if not cps:
+        raise_no_checkpoint(led)
+    size = max(cps) if size is None else size
+    if size not in cps:
+        raise_no_checkpoint(led, size)
+    text = cps[size].decode("utf-8").split("\n\n", 1)[0] + "\n"
+    receipt = chain.anchor(anchor_payload(text))
+    led.add_anchor(size, receipt.to_dict())
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    _write_once(checkpoint_dir / f"{size:012d}.anchor.json", json.dumps(receipt.to_dict(), indent=1).encode())
+    log.info("ledger.anchor size=%d tx=%s block=%d", size, receipt.tx_hash, receipt.block_number)
+    return receipt
+
+
+def raise_no_checkpoint(led: Ledger, size: int | None = None) -> None:
+    from qctrace.errors import LedgerError
+
+    what = f"no checkpoint of size {size}" if size is not None else "no signed checkpoint yet"
+    raise LedgerError(f"{led.path}: {what}; `qctrace checkpoint` signs one")
+
+
+def checkpoint_files(checkpoint_dir: Path) -> list[tuple[Path, bytes]]:
+    if not checkpoint_dir.is_dir():
+        return []
+    return [(p, p.read_bytes()) for p in sorted(checkpoint_dir.glob("*.note"))]
+
+
+def anchor_files(checkpoint_dir: Path) -> list[tuple[int, dict]]:
+    if not checkpoint_dir.is_dir():
+        return []
+    return [(int(p.name.split(".")[0]), json.loads(p.read_text())) for p in sorted(checkpoint_dir.glob("*.anchor.json"))]
+
+
+def receipt_of(data: dict) -> AnchorReceipt:
+    return AnchorReceipt.from_dict(data)
