@@ -95,7 +95,8 @@ def checkpoint_files(checkpoint_dir: Path) -> list[tuple[Path, bytes]]:
 def anchor_files(checkpoint_dir: Path) -> list[tuple[int, dict]]:
     if not checkpoint_dir.is_dir():
         return []
-    return [(int(p.name.split(".")[0]), json.loads(p.read_text())) for p in sorted(checkpoint_dir.glob("*.anchor.json"))]
+    files = sorted(checkpoint_dir.glob("*.anchor.json"))
+    return [(int(p.name.split(".")[0]), json.loads(p.read_text())) for p in files]
 
 
 def receipt_of(data: dict) -> AnchorReceipt:

@@ -28,20 +28,23 @@ from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
 from ingest import Ingest, read_dataset
 from ingest.detect.kernels import warm_up
 from ledger import Ledger, events
+from ledger.publish import anchor_checkpoint
 from qctrace.config import Config
 from qctrace.errors import QctraceError, ReaderError
+from qctrace.ledger_ops import (
+    READINGS_DIR,
+    Checkpointer,
+    checkpoint_dir,
+    ensure_keys,
+    ledger_path,
+    open_anchor_chain,
+)
 from qctrace.provenance import Provenance
 from qctrace.schema import source_keys
 
 log = logging.getLogger(__name__)
 
-LEDGER_FILE = "ledger.sqlite"
-READINGS_DIR = "readings"
 TRUTH_DIR = "truth"
-
-
-def ledger_path(data_dir: Path) -> Path:
-    return data_dir / LEDGER_FILE
 
 
 @dataclass
@@ -58,6 +61,8 @@ class DemoSummary:
     gaps: int
     ledger_events: int
     ledger_head: str
+    checkpoint: int = 0
+    anchor: str = ""
     paths: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -72,6 +77,7 @@ class DemoSummary:
             f"ingest: {self.readings_in} readings in, {self.duplicates} duplicates dropped,"
             f" {self.flagged} flagged, {self.episodes} anomaly episodes, {self.gaps} data gaps",
             f"ledger: {self.ledger_events} events, head {self.ledger_head}",
+            f"        checkpoint signed at size {self.checkpoint}; {self.anchor}",
             "",
             *(f"{k:<9} {v}" for k, v in self.paths.items()),
         ]
@@ -174,8 +180,15 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         loop.add_signal_handler(sig, stop.set)
 
     warm_up()  # compile (or load cached) kernels before the plant starts, not on the first batch
+    ensure_keys(cfg)
     ledger = Ledger(ledger_path(data_dir))
-    ingest = Ingest(data_dir, cfg.detect, cfg.sink, lambda facts: ledger.append_many(provenance.events_for(facts)))
+    checkpointer = Checkpointer(cfg, ledger)
+
+    def record(facts: list) -> None:
+        ledger.append_many(provenance.events_for(facts))
+        checkpointer.maybe()
+
+    ingest = Ingest(data_dir, cfg.detect, cfg.sink, record)
     transport = InProcessTransport()
     streams = StreamTable()
     seqs = SeqAllocator(data_dir / "edge" / "seq.json")
@@ -238,13 +251,20 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     written = _per_source(dataset)
     in_gaps, unexplained = audit_against_truth(data_dir, ledger, dataset)
     n, head = ledger.head()
+    size = checkpointer.now()
+    try:
+        with open_anchor_chain(cfg) as chain:
+            receipt = anchor_checkpoint(ledger, chain, checkpoint_dir(data_dir), size)
+        anchored = f"anchored on chain {receipt.chain_id} in block {receipt.block_number} (tx {receipt.tx_hash[:18]}…)"
+    except QctraceError as exc:  # the data is safe and signed; anchoring can be retried with `qctrace anchor`
+        anchored = f"NOT anchored ({exc}); retry with `qctrace anchor`"
     ledger.close()
     return DemoSummary(
         duration_s=time.monotonic() - t0, produced=produced, written=written, in_gaps=in_gaps,
         unexplained=unexplained, readings_in=ingest.stats.readings_in,
         duplicates=ingest.stats.duplicates, flagged=ingest.stats.flagged, episodes=ingest.stats.episodes,
         gaps=ingest.stats.gaps,
-        ledger_events=n, ledger_head=head.hex(),
+        ledger_events=n, ledger_head=head.hex(), checkpoint=size, anchor=anchored,
         paths={"readings": str(data_dir / READINGS_DIR), "ledger": str(ledger_path(data_dir)),
                "truth": str(data_dir / TRUTH_DIR)},
     )
@@ -336,29 +356,6 @@ def _per_source(table: pa.Table) -> dict[str, int]:
         return {}
     counts = pc.value_counts(source_keys(table))
     return {d["values"]: d["counts"] for d in counts.to_pylist()}
-
-
-def trace_lot(data_dir: Path, lot: str) -> list[str]:
-    """Human-readable trace of a lot: its ledger events, then its readings per sensor."""
-    from ingest.query import lot_summary
-
-    with Ledger(ledger_path(data_dir), readonly=True) as led:
-        evs = list(led.events(lot=lot))
-    if not evs:
-        raise QctraceError(f"lot {lot!r}: no events in the ledger at {ledger_path(data_dir)}")
-    out = [f"lot {lot}: {len(evs)} ledger events"]
-    for e in evs:
-        d = e.as_dict()
-        where = d.get("readPoint", {}).get("id", "")
-        extra = d.get("anomaly", {}).get("sensor", "") + " " + d.get("anomaly", {}).get("rules", "")
-        out.append(f"  #{e.idx:<5} {e.event_time}  {e.kind:<16} {where} {extra.strip()}")
-    summary = lot_summary(data_dir / READINGS_DIR, lot)
-    if summary.num_rows:
-        out.append("readings:")
-        for r in summary.to_pylist():
-            out.append(f"  {r['sensor_key']:<40} {r['readings']:>7} readings {r['flagged']:>5} flagged"
-                       f"  min {r['min_value']:.3f}  mean {r['mean_value']:.3f}  max {r['max_value']:.3f}")
-    return out
 
 
 def serve_dashboard(data_dir: Path, port: int, address: str = "localhost") -> None:

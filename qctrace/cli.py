@@ -172,41 +172,107 @@ def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: 
 @_config_option
 @_data_dir_option
 @_errors
-def verify(config_path: Path | None, data_dir: Path | None) -> None:
-    """Check the ledger's hash chain from the first event to the last.
+def init(config_path: Path | None, data_dir: Path | None) -> None:
+    """Create the ledger's Ed25519 signing key in DATA_DIR/keys (once; it is never overwritten).
 
-    Exits 0 and prints the number of events and the head hash when every event is intact; exits 3
-    and names the first bad event when any byte of any event was changed, or events were deleted
-    or reordered.
+    Prints the public verifier key: give it to auditors, who pass it to `qctrace verify --trusted-key`.
+    The demo runs this itself on its first run.
     """
-    from ledger import Ledger
-    from qctrace.app import ledger_path
+    from qctrace import ledger_ops
 
     cfg = _load(config_path, data_dir)
-    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
-        total = len(led)
-        with click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr) as bar:
-            last = [0]
+    click.echo(ledger_ops.init(cfg))
 
-            def progress(done: int, _total: int) -> None:
-                bar.update(done - last[0])
-                last[0] = done
 
-            report = led.verify(progress)
-    click.echo(f"ledger OK: {report.events} events, head {report.head}")
+@cli.command()
+@_config_option
+@_data_dir_option
+@_errors
+def checkpoint(config_path: Path | None, data_dir: Path | None) -> None:
+    """Sign a checkpoint (C2SP tlog-checkpoint, Ed25519) of the ledger's current Merkle root."""
+    from qctrace import ledger_ops
+
+    cfg = _load(config_path, data_dir)
+    size = ledger_ops.checkpoint(cfg)
+    click.echo(f"checkpoint signed at size {size}: {ledger_ops.checkpoint_dir(cfg.data_dir)}")
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@_errors
+def anchor(config_path: Path | None, data_dir: Path | None) -> None:
+    """Sign a checkpoint of the ledger and anchor its root on an Ethereum-compatible chain.
+
+    Default chain: eth-tester's in-process EVM kept in DATA_DIR/chain (nothing to install). Set
+    [ledger.anchor] rpc_url and the private key's environment variable to use a real node.
+    """
+    from qctrace import ledger_ops
+
+    cfg = _load(config_path, data_dir)
+    size, r = ledger_ops.anchor(cfg)
+    click.echo(f"checkpoint at size {size} anchored: chain {r.chain_id}, block {r.block_number}, tx {r.tx_hash}")
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="VKEY",
+              help="Verifier key (name+id+key) to trust instead of the keys in DATA_DIR/keys. Repeatable.")
+@click.option("--checkpoint", "checkpoint_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A signed checkpoint you kept from earlier: the ledger must still contain it. Repeatable.")
+@click.option("--anchors/--no-anchors", default=True, show_default=True, help="Check anchors on the chain.")
+@click.option("--data/--no-data", default=True, show_default=True,
+              help="Check Parquet files against the SHA-256 the ledger recorded.")
+@_errors
+def verify(config_path: Path | None, data_dir: Path | None, trusted_keys: tuple[str, ...],
+           checkpoint_files: tuple[Path, ...], anchors: bool, data: bool) -> None:
+    """Verify the ledger end to end, offline.
+
+    Checks the hash chain and every event's bytes, the Merkle tree, every signed checkpoint (a
+    trusted key, and the ledger not rolled back below it), every anchor on the chain, and every
+    Parquet file's SHA-256. Exits 0 when all hold; exits 3 and names the first bad event (or
+    checkpoint, anchor, file) and what is wrong otherwise.
+    """
+    from qctrace import ledger_ops
+
+    cfg = _load(config_path, data_dir)
+    extra = [p.read_bytes() for p in checkpoint_files]
+    bars: dict[str, object] = {}
+
+    def progress(step: str, done: int, total: int) -> None:
+        if step not in bars:
+            for b in bars.values():
+                b.render_finish()
+            bars.clear()
+            bars[step] = click.progressbar(length=max(total, 1), label=f"verifying {step:<11}", file=sys.stderr)
+            bars[step].last = 0
+        bar = bars[step]
+        bar.update(done - bar.last)
+        bar.last = done
+
+    report = ledger_ops.verify(cfg, trusted_keys, extra, anchors=anchors, data=data, progress=progress)
+    for b in bars.values():
+        b.render_finish()
+    for line in report.lines():
+        click.echo(line)
 
 
 @cli.command()
 @click.argument("lot")
 @_config_option
 @_data_dir_option
+@click.option("--backward", "direction", flag_value="backward", help="Only where the lot came from.")
+@click.option("--forward", "direction", flag_value="forward", help="Only where the lot went.")
 @_errors
-def trace(lot: str, config_path: Path | None, data_dir: Path | None) -> None:
-    """Show what the ledger records about LOT, with a summary of its readings."""
-    from qctrace.app import trace_lot
+def trace(lot: str, config_path: Path | None, data_dir: Path | None, direction: str | None) -> None:
+    """Trace LOT through the ledger: inputs, suppliers, lines and equipment (backward); shipments,
+    places, customers and downstream lots (forward); with its events and a readings summary."""
+    from qctrace import ledger_ops
 
     cfg = _load(config_path, data_dir)
-    for line in trace_lot(cfg.data_dir, lot):
+    report = ledger_ops.trace_lot(cfg, lot, backward=direction != "forward", forward=direction != "backward")
+    for line in report.lines():
         click.echo(line)
 
 
