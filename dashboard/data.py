@@ -173,7 +173,7 @@ class ChainStatus:
 def verify_ledger(path: str) -> ChainStatus:
     try:
         with Ledger(Path(path), readonly=True) as led:
-            report = led.verify()
+            report = led.scan()
     except LedgerIntegrityError as exc:
         log.warning("dashboard.verify failed: %s", exc)
         return ChainStatus("broken", str(exc), bad_index=exc.index)

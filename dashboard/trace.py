@@ -34,19 +34,21 @@ def where(body: dict[str, Any]) -> str:
 
 def details(kind: str, body: dict[str, Any]) -> str:
     """One line saying what the event means for the lot."""
-    if kind == "lot_started":
-        return f"lot started ({body.get('bizStep', 'commissioning')})"
-    if kind == "lot_finished":
-        qc = body.get("qc") or {}
+    if kind == "lot_produced":
+        inputs = [q.get("epcClass", "").rsplit(".", 1)[-1] for q in body.get("inputQuantityList") or ()]
+        return "lot produced" + (f" from {', '.join(inputs)}" if inputs else "")
+    if kind == "qc_result":
+        qc = body.get("qctrace:qc") or {}
         return f"lot finished: {qc.get('readings', '?')} readings, {qc.get('flagged', '?')} flagged"
-    if kind == "lot_shipped":
-        return f"shipped in {body.get('shipment', '?')}, logger {body.get('sensorDevice', '?')}"
     if kind == "anomaly_episode":
-        a = body.get("anomaly") or {}
+        a = body.get("qctrace:anomaly") or {}
         sensor = str(a.get("sensor", "?")).split("/", 2)[-1]  # site/line is in the "where" column
         return (f"{sensor}: {a.get('rules') or 'flagged'} on {a.get('readings', '?')} readings,"
                 f" values {_num(a.get('min'))}…{_num(a.get('max'))}")
-    skip = {"kind", "type", "action", "eventTime", "lot", "readPoint", "bizLocation"}
+    if kind in ("shipment_moved", "lot_delivered", "input_received"):
+        to = [d.get("destination", "") for d in body.get("destinationList") or ()]
+        return f"{body.get('bizStep', '')} to {', '.join(t.rsplit(':', 1)[-1] for t in to)}"
+    skip = {"qctrace:kind", "type", "action", "eventTime", "eventTimeZoneOffset", "readPoint", "bizLocation"}
     return json.dumps({k: v for k, v in body.items() if k not in skip}, sort_keys=True, ensure_ascii=False)
 
 
@@ -73,7 +75,7 @@ def anomalies_table(events: Iterable[LotEvent]) -> pd.DataFrame:
     for ev in events:
         if ev.kind != "anomaly_episode" or ev.body is None:
             continue
-        a = ev.body.get("anomaly") or {}
+        a = ev.body.get("qctrace:anomaly") or {}
         rows.append({"sensor": a.get("sensor"), "start": a.get("start"), "end": a.get("end"),
                      "rules": a.get("rules"), "readings": a.get("readings"), "min": a.get("min"),
                      "max": a.get("max"), "idx": ev.idx})

@@ -27,8 +27,8 @@ def test_faults_are_survived_and_every_missing_reading_is_explained(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "serial.reopened" in res.stderr  # the unplugged logger came back
     with Ledger(data / "ledger.sqlite", readonly=True) as led:
-        gaps = [e.as_dict()["gap"] for e in led.events(kind="data_gap")]
-        led.verify()
+        gaps = [e.as_dict()["qctrace:gap"] for e in led.events(kind="data_gap")]
+        led.scan()
         in_gaps, unexplained = audit_against_truth(data, led)
     assert [g["source"] for g in gaps] == ["plant2/cap/plc"]  # the restarted line server, and only it
     assert unexplained == {}

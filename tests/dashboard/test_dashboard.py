@@ -33,6 +33,7 @@ SECONDS = 120
 SPIKES = (100, 101, 102)  # filler_weight above its USL (505) at these seconds, all in lot 2
 DRIFT = 110  # one EWMA-only flag on line2's torque
 LOT1, LOT2 = "LOT-T-0001", "LOT-T-0002"
+GTIN = "0614141.107346"
 
 
 def _columns(site: str, line: str, device: str, sensors: dict[str, float], lots: bool) -> dict[str, list]:
@@ -76,10 +77,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert sink.flush()
     with Ledger(root / "ledger.sqlite") as led:
         led.append_many([
-            events.lot_started(LOT1, "plant1", "line1", T0),
-            events.lot_finished(LOT1, "plant1", "line1", T0 + 59 * 10**9, readings=120, flagged=0),
-            events.lot_started(LOT2, "plant1", "line1", T0 + 60 * 10**9),
-            events.anomaly_episode(LOT2, "plant1/line1/plc1/filler_weight", T0 + SPIKES[0] * 10**9,
+            events.lot_produced(LOT1, GTIN, "plant1", "line1", T0),
+            events.qc_result(LOT1, GTIN, "plant1", "line1", T0 + 59 * 10**9, readings=120, flagged=0),
+            events.lot_produced(LOT2, GTIN, "plant1", "line1", T0 + 60 * 10**9),
+            events.anomaly_episode(LOT2, GTIN, "plant1/line1/plc1/filler_weight", T0 + SPIKES[0] * 10**9,
                                    T0 + SPIKES[-1] * 10**9, int(Flag.SPEC_HIGH | Flag.EWMA_Z), "SPEC_HIGH,EWMA_Z",
                                    511.0, 511.0, len(SPIKES)),
         ])
@@ -178,7 +179,7 @@ def test_lot_trace_shows_verified_chain_events_anomalies_and_summary(data_dir):
     assert lot.options == [LOT2, LOT1] and lot.value == LOT2  # newest first
 
     ev, anomalies, summary = (d.value for d in at.dataframe)
-    assert list(ev["kind"]) == ["lot_started", "anomaly_episode"]
+    assert list(ev["kind"]) == ["lot_produced", "anomaly_episode"]
     assert list(ev["idx"]) == [2, 3] and set(ev["chain"]) == {"ok"}
     assert list(ev["where"]) == ["plant1/line1"] * 2
     assert "plc1/filler_weight: SPEC_HIGH,EWMA_Z on 3 readings" in ev["details"].iloc[1]
@@ -193,7 +194,7 @@ def test_lot_trace_shows_verified_chain_events_anomalies_and_summary(data_dir):
     at.selectbox(key="lt_lot").set_value(LOT1).run()
     assert not at.exception
     ev = at.dataframe[0].value
-    assert list(ev["kind"]) == ["lot_started", "lot_finished"]
+    assert list(ev["kind"]) == ["lot_produced", "qc_result"]
     assert "lot finished: 120 readings, 0 flagged" in list(ev["details"])
     assert "No anomaly episode" in _texts(at, "caption")
 
