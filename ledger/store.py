@@ -143,8 +143,13 @@ class Ledger:
         prepared = []
         for ev in events:
             ev_mod.validate(ev)
+            try:
+                derived = _derive(ev)
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+                raise InvalidEvent(f"{ev_mod.kind_of(ev)}: malformed quantity, party or location list"
+                                   f" ({exc!r})") from None
             body = canonical_bytes(ev)
-            prepared.append((*_derive(ev), body, leaf_hash(body)))
+            prepared.append((*derived, body, leaf_hash(body)))
         if not prepared:
             return []
         out: list[StoredEvent] = []
@@ -220,13 +225,13 @@ class Ledger:
         sql = (f"WITH RECURSIVE reach(node) AS (SELECT ? UNION SELECT links.{b} FROM links JOIN reach "
                f"ON links.{a} = reach.node) SELECT node FROM reach")
         out: dict[str, set[int]] = {r[0]: set() for r in self._db.execute(sql, (start,))}
-        nodes = [n for n in out if n != start]
-        for i in range(0, len(nodes), 500):
+        nodes = list(out)
+        for i in range(0, len(nodes), 500):  # the edges leaving each reached node that stay inside the set
             chunk = nodes[i:i + 500]
-            for src, dst, idx in self._db.execute(
-                    f"SELECT {a}, {b}, idx FROM links WHERE {b} IN ({','.join('?' * len(chunk))})", chunk):
-                if src in out:
-                    out[dst].add(idx)
+            for far, idx in self._db.execute(
+                    f"SELECT {b}, idx FROM links WHERE {a} IN ({','.join('?' * len(chunk))})", chunk):
+                if far in out:
+                    out[far].add(idx)
         return out
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
