@@ -277,6 +277,96 @@ def trace(lot: str, config_path: Path | None, data_dir: Path | None, direction: 
 
 
 @cli.command()
+@click.argument("lot")
+@click.option("--by", required=True, help="Who orders the recall (recorded in the ledger).")
+@click.option("--reason", required=True, help="Why (recorded in the ledger).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the scope and exports go. Default: DATA_DIR/recalls/LOT.")
+@_config_option
+@_data_dir_option
+@_errors
+def recall(lot: str, by: str, reason: str, out_dir: Path | None, config_path: Path | None,
+           data_dir: Path | None) -> None:
+    """Recall LOT: compute every lot, shipment, place and customer downstream of it, record the
+    recall in the ledger (signed into a new checkpoint), and export the scope with the FSMA 204
+    spreadsheet (CSV and XLSX) and an EPCIS 2.0 document."""
+    from qctrace import ledger_ops
+
+    cfg = _load(config_path, data_dir)
+    for line in ledger_ops.recall(cfg, lot, by, reason, out_dir).lines():
+        click.echo(line)
+
+
+@cli.group()
+def export() -> None:
+    """Export the ledger for regulators, partners and auditors."""
+
+
+@export.command("epcis")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--lot", default=None, help="Only this lot's genealogy (backward and forward). Default: everything.")
+@_config_option
+@_data_dir_option
+@_errors
+def export_epcis(out: Path, lot: str | None, config_path: Path | None, data_dir: Path | None) -> None:
+    """Write an EPCIS 2.0 JSON-LD document to OUT, validated against the GS1 EPCIS 2.0 JSON schema;
+    every event carries its CBV 2.0 event hash as eventID."""
+    from qctrace import ledger_ops
+
+    n = ledger_ops.export_epcis(_load(config_path, data_dir), out, lot)
+    click.echo(f"{out}: {n} EPCIS events")
+
+
+@export.command("fsma")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--lot", default=None, help="Only this lot's genealogy. Default: every lot.")
+@click.option("--from", "start", default=None, metavar="YYYY-MM-DD", help="First date (inclusive).")
+@click.option("--to", "end", default=None, metavar="YYYY-MM-DD", help="Last date (inclusive).")
+@_config_option
+@_data_dir_option
+@_errors
+def export_fsma(out: Path, lot: str | None, start: str | None, end: str | None, config_path: Path | None,
+                data_dir: Path | None) -> None:
+    """Write the FDA FSMA 204 electronic sortable spreadsheet to OUT: one row per critical tracking
+    event with its key data elements. OUT ending in .xlsx gives Excel, anything else CSV."""
+    from qctrace import ledger_ops
+
+    n = ledger_ops.export_fsma(_load(config_path, data_dir), out, lot, start, end)
+    click.echo(f"{out}: {n} critical tracking events")
+
+
+@cli.group()
+def keys() -> None:
+    """The ledger's signing key: show the public key, rotate."""
+
+
+@keys.command("public")
+@_config_option
+@_data_dir_option
+@_errors
+def keys_public(config_path: Path | None, data_dir: Path | None) -> None:
+    """Print the public verifier keys (current first, then retired ones) for auditors."""
+    from ledger.keys import load_verifiers
+    from qctrace import ledger_ops
+
+    for v in load_verifiers(ledger_ops.keys_dir(_load(config_path, data_dir).data_dir)):
+        click.echo(str(v))
+
+
+@keys.command("rotate")
+@_config_option
+@_data_dir_option
+@_errors
+def keys_rotate(config_path: Path | None, data_dir: Path | None) -> None:
+    """Replace the signing key. Old checkpoints stay verifiable: the retired public key is kept."""
+    from ledger.keys import rotate
+    from qctrace import ledger_ops
+
+    cfg = _load(config_path, data_dir)
+    click.echo(rotate(ledger_ops.keys_dir(cfg.data_dir), cfg.ledger.key_name))
+
+
+@cli.command()
 @_config_option
 @_data_dir_option
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default from the configuration).")

@@ -171,3 +171,101 @@ def trace_lot(cfg: Config, lot: str, backward: bool = True, forward: bool = True
 
 
 Say = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- recall and exports
+
+def _scope_events(led: Ledger, lot: str | None) -> tuple[list[dict], set[str] | None]:
+    """All events (lot None), or a lot's backward and forward genealogy: its events and the lots in it."""
+    import json
+
+    if lot is None:
+        return [json.loads(e.body) for e in led.events()], None
+    b, f = trace(led, lot, forward=False), trace(led, lot, forward=True)
+    lots = {lot, *b.nodes.get("lots", []), *f.nodes.get("lots", [])}
+    idx = {e.idx for e in (*b.events, *f.events)}
+    for x in lots:
+        idx |= {e.idx for e in led.events(lot=x)}
+    return [json.loads(e.body) for e in led.events_at(idx)], lots
+
+
+def export_epcis(cfg: Config, out: Path, lot: str | None = None) -> int:
+    """An EPCIS 2.0 JSON-LD document (validated against the GS1 schema) of the ledger or of a lot's
+    genealogy; returns the number of events."""
+    import json
+
+    from ledger.epcis import epcis_document, validate_document
+
+    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
+        evs, _ = _scope_events(led, lot)
+    doc = epcis_document(evs)
+    validate_document(doc)
+    _atomic_write(out, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
+    return len(evs)
+
+
+def export_fsma(cfg: Config, out: Path, lot: str | None = None, start: str | None = None,
+                end: str | None = None) -> int:
+    """The FSMA 204 sortable spreadsheet (CSV, or XLSX when ``out`` ends in .xlsx); returns rows."""
+    from ledger.fsma import fsma_rows, select, write_csv, write_xlsx
+
+    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
+        evs, lots = _scope_events(led, lot)
+    rows = select(fsma_rows(evs), lots=lots, start=start, end=end)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (write_xlsx if out.suffix.lower() == ".xlsx" else write_csv)(rows, out)
+    return len(rows)
+
+
+@dataclass
+class RecallReport:
+    lot: str
+    scope: dict[str, list[str]]
+    event_idx: int
+    files: list[Path]
+
+    def lines(self) -> list[str]:
+        out = [f"recall of lot {self.lot} recorded as ledger event #{self.event_idx}", "scope:"]
+        out += [f"  {k:<10} {len(v):>4}  {', '.join(v)}" for k, v in self.scope.items()]
+        out += ["exported:", *(f"  {p}" for p in self.files)]
+        return out
+
+
+def recall(cfg: Config, lot: str, by: str, reason: str, out_dir: Path | None = None) -> RecallReport:
+    """Compute everything downstream of ``lot``, record the recall (signed into the next checkpoint),
+    and export the scope: scope.json and scope.csv, the FSMA 204 spreadsheet, the EPCIS document."""
+    import csv
+    import json
+
+    from ledger import events as ev_mod
+    from ledger.trace import lot_classes, recall_scope
+
+    out_dir = out_dir or cfg.data_dir / "recalls" / lot
+    with Ledger(ledger_path(cfg.data_dir)) as led:
+        scope = recall_scope(led, lot)
+        stored = led.append(ev_mod.lot_recalled(lot_classes(led, scope["lots"]), by, reason, time.time_ns(),
+                                                scope))
+        Checkpointer(cfg, led).now()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "scope.json", json.dumps({"lot": lot, "by": by, "reason": reason,
+                                                      "ledger_event": stored.idx, "scope": scope},
+                                                     indent=1, ensure_ascii=False).encode("utf-8"))
+    with open(out_dir / "scope.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "name"])
+        for k, names in scope.items():
+            for name in names:
+                w.writerow([k.rstrip("s"), name])
+    files = [out_dir / "scope.json", out_dir / "scope.csv", out_dir / "fsma204.csv", out_dir / "fsma204.xlsx",
+             out_dir / "epcis.json"]
+    export_fsma(cfg, files[2], lot)
+    export_fsma(cfg, files[3], lot)
+    export_epcis(cfg, files[4], lot)
+    return RecallReport(lot, scope, stored.idx, files)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
