@@ -55,7 +55,7 @@ class AuditReport:
 def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir: Path | None = None,
                   extra_checkpoints: Sequence[bytes] = (), chain: Chain | None = None,
                   data_root: Path | None = None, progress: Progress | None = None,
-                  check_index: bool = True) -> AuditReport:
+                  check_index: bool = True, no_chain_reason: str = "no chain given") -> AuditReport:
     def tell(step: str) -> Callable[[int, int], None]:
         return lambda done, total: progress(step, done, total) if progress else None
 
@@ -89,7 +89,7 @@ def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir:
     if checkpoint_dir is not None:
         receipts.update(dict(anchor_files(checkpoint_dir)))
     if receipts and chain is None:
-        report.skipped.append(f"{len(receipts)} anchors not checked (no chain given)")
+        report.skipped.append(f"{len(receipts)} anchors not checked ({no_chain_reason})")
     elif receipts:
         for k, (size, data) in enumerate(sorted(receipts.items())):
             tell("anchors")(k, len(receipts))

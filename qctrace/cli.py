@@ -335,6 +335,25 @@ def export_fsma(out: Path, lot: str | None, start: str | None, end: str | None, 
     click.echo(f"{out}: {n} critical tracking events")
 
 
+@export.command("bundle")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--lot", default=None, help="Only this lot's trace events, each with an inclusion proof.")
+@_config_option
+@_data_dir_option
+@_errors
+def export_bundle(out: Path, lot: str | None, config_path: Path | None, data_dir: Path | None) -> None:
+    """Write an audit bundle (zip) to OUT: events, signed checkpoints, Merkle proofs, anchor receipts,
+    the public keys and verify_bundle.py, which checks it all offline with Python and `cryptography`."""
+    from qctrace import ledger_ops
+
+    s = ledger_ops.export_bundle(_load(config_path, data_dir), out, lot)
+    sizes = ", ".join(map(str, s.checkpoints))
+    click.echo(f"{out}: {s.events} events, checkpoints at sizes {sizes}, {s.anchors} anchors"
+               + (f"; {len(s.unproven)} events newer than the last checkpoint left out" if s.unproven else ""))
+    click.echo(f"verify it anywhere: unzip {out.name} -d bundle && python bundle/verify_bundle.py bundle"
+               " --trusted-key KEY")
+
+
 @cli.group()
 def keys() -> None:
     """The ledger's signing key: show the public key, rotate."""
