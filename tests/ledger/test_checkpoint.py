@@ -60,7 +60,8 @@ def test_generated_vectors_match_their_generator():
     )
 
 
-_line = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+_line = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f", blacklist_categories=("Cs",)),
+                min_size=1, max_size=20)
 
 
 @given(origin=_line, size=st.integers(0, MAX_SIZE), root=st.binary(min_size=32, max_size=32),
