@@ -133,9 +133,12 @@ class LotReport:
     forward: Trace
     readings: list[dict]
     elapsed_ms: float
+    proof: str = ""
 
     def lines(self) -> list[str]:
         out = [f"lot {self.backward.lot}  (traced in {self.elapsed_ms:.1f} ms)"]
+        if self.proof:
+            out.append(f"proof: {self.proof}")
         for title, t in (("backward (where it came from)", self.backward), ("forward (where it went)", self.forward)):
             out.append(f"{title}:")
             scope = t.scope()
@@ -164,9 +167,39 @@ def trace_lot(cfg: Config, lot: str, backward: bool = True, forward: bool = True
         b = trace(led, lot, forward=False) if backward else Trace(lot, False)
         f = trace(led, lot, forward=True) if forward else Trace(lot, True)
         ms = (time.perf_counter() - t0) * 1e3
+        proof = prove_events(led, [*b.events, *f.events], _local_verifiers(cfg))
     readings_dir = cfg.data_dir / READINGS_DIR
     readings = lot_summary(readings_dir, lot).to_pylist() if readings_dir.is_dir() else []
-    return LotReport(b, f, readings, ms)
+    return LotReport(b, f, readings, ms, proof)
+
+
+def prove_events(led: Ledger, events: Sequence, verifiers: Sequence[Verifier]) -> str:
+    """Check each event's RFC 9162 inclusion proof against the latest signed checkpoint; say what holds.
+
+    Raises (``BadSignature``, ``RootMismatch``) when a proof or the checkpoint fails: a trace is not
+    shown as proven when it is not.
+    """
+    from ledger.checkpoint import open_checkpoint
+    from ledger.merkle import verify_inclusion
+
+    cps = led.checkpoints()
+    if not cps:
+        return "no signed checkpoint yet: these events are not proven (`qctrace checkpoint`)"
+    if not verifiers:
+        return "no trusted key to check the checkpoint with (`qctrace init`, or verify --trusted-key)"
+    cp = open_checkpoint(cps[-1][1], verifiers)
+    if led.root(cp.size) != cp.root:
+        from qctrace.errors import RootMismatch
+
+        raise RootMismatch(f"signed checkpoint at size {cp.size} does not match the ledger's root: run"
+                           " `qctrace verify`", expected=cp.root.hex(), computed=led.root(cp.size).hex())
+    unique = {e.idx: e for e in events}
+    inside = [e for e in unique.values() if e.idx < cp.size]
+    for e in inside:
+        verify_inclusion(e.leaf, e.idx, cp.size, led.inclusion_proof(e.idx, cp.size), cp.root)
+    newer = len(unique) - len(inside)
+    return (f"{len(inside)} events included in the signed checkpoint at size {cp.size} (root {cp.root.hex()[:16]}…)"
+            + (f"; {newer} newer events await the next checkpoint" if newer else ""))
 
 
 Say = Callable[[str], None]

@@ -146,6 +146,19 @@ def test_trace_goes_backward_to_suppliers_and_forward_to_customers(cfg):
     assert "L-0001, L-0002" in res.output and "Shop 1, Shop 2" in res.output and "L-0099" not in res.output
 
 
+def test_a_trace_proves_its_events_against_the_signed_checkpoint(cfg):
+    assert "not proven" in ledger_ops.trace_lot(cfg, "L-0001").proof
+    ledger_ops.checkpoint(cfg)
+    with Ledger(ledger_ops.ledger_path(cfg.data_dir)) as led:
+        led.append(E.qc_result("L-0001", G, "plant1", "line1", T0 + 10**12, 480, 2))
+    proof = ledger_ops.trace_lot(cfg, "L-0001").proof
+    assert "included in the signed checkpoint at size 14" in proof and "1 newer events await" in proof
+    with sqlite3.connect(ledger_ops.ledger_path(cfg.data_dir)) as db:  # a leaf no longer in the signed tree
+        db.execute("UPDATE events SET leaf = zeroblob(32) WHERE idx = 1")
+    with pytest.raises(RootMismatch):
+        ledger_ops.trace_lot(cfg, "L-0001")
+
+
 def test_an_unknown_lot_is_a_clear_error(cfg):
     res = _cli(cfg, "trace", "NOPE")
     assert res.exit_code == 1 and "lot 'NOPE': no event" in res.output
