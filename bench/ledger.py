@@ -94,7 +94,7 @@ def bench_raw(path: Path, evs: list[dict], batch: int, serialise: bool = False) 
         db.execute("COMMIT")
     s = time.perf_counter() - t
     db.close()
-    return len(rows) / s
+    return len(keys) / s
 
 
 def bench_append(led: Ledger, evs: list[dict], batch: int) -> float:

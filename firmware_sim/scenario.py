@@ -87,6 +87,8 @@ class InputSpec(_Model):
     gtin: Annotated[str, Field(pattern=_GTIN, min_length=14, max_length=14)] = DEFAULT_GTIN
     lot_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.{}:-]{1,16}$")]
     lots_per_input: Annotated[int, Field(ge=1)] = 3
+    quantity: Annotated[float | None, Field(gt=0)] = None  # received per input lot
+    uom: str = "EA"  # UN/ECE Recommendation 20 code: EA each, KGM kilogram, LTR litre
 
 
 class LineSpec(_Model):
@@ -97,6 +99,7 @@ class LineSpec(_Model):
     lot_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.{}:-]{1,16}$")] = "LOT-"
     product: str = "product"
     gtin: Annotated[str, Field(pattern=_GTIN, min_length=14, max_length=14)] = DEFAULT_GTIN
+    units_per_lot: Annotated[int | None, Field(ge=1)] = None  # what a lot holds, for traceability records
     inputs: tuple[InputSpec, ...] = ()
     devices: tuple[DeviceSpec, ...]
 
@@ -220,6 +223,7 @@ class Line:
     gtin: str = DEFAULT_GTIN
     inputs: tuple[InputSpec, ...] = ()
     devices: tuple[str, ...] = ()
+    units_per_lot: int | None = None
 
     @property
     def key(self) -> str:
@@ -246,7 +250,8 @@ def _expand(name: str, count: int) -> list[str]:
 
 def lines_of(scenario: Scenario) -> list[Line]:
     return [Line(site.name, ln, line.lot_every_s, line.lot_prefix.format(i=k), line.product, line.gtin,
-                 line.inputs, tuple(d for dev in line.devices for d in _expand(dev.name, dev.count)))
+                 line.inputs, tuple(d for dev in line.devices for d in _expand(dev.name, dev.count)),
+                 line.units_per_lot)
             for site in scenario.sites for line in site.lines
             for k, ln in enumerate(_expand(line.name, line.count))]
 

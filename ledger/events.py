@@ -114,8 +114,11 @@ def _base(kind: str, type_: str, at_ns: int, **fields: Any) -> dict[str, Any]:
     return ev
 
 
-def _qty(classes: Iterable[str]) -> list[dict[str, Any]]:
-    return [{"epcClass": c} for c in classes]
+def _qty(classes: Iterable[str], quantity: float | None = None, uom: str | None = None) -> list[dict[str, Any]]:
+    """Quantity elements; ``uom`` is a UN/ECE Recommendation 20 code (EA each, KGM kilogram)."""
+    if quantity is None:
+        return [{"epcClass": c} for c in classes]
+    return [{"epcClass": c, "quantity": quantity, **({"uom": uom} if uom else {})} for c in classes]
 
 
 def _line(site: str, line: str) -> dict[str, Any]:
@@ -129,23 +132,25 @@ def _finite(x: float) -> float | None:
 # ---------------------------------------------------------------- production and QC
 
 def lot_produced(lot: str, gtin: str, site: str, line: str, at_ns: int, inputs: Sequence[str] = (),
-                 equipment: Sequence[str] = (), product: str | None = None) -> dict[str, Any]:
+                 equipment: Sequence[str] = (), product: str | None = None, quantity: float | None = None,
+                 uom: str | None = None) -> dict[str, Any]:
     """A lot started on a line. With input lots (LGTIN classes) it is an EPCIS TransformationEvent."""
     out = lot_class(lot, gtin)
     extra = {f"{NS}:equipment": [device_id(d) for d in equipment] or None, f"{NS}:product": product}
     if inputs:
         return _base(LOT_PRODUCED, "TransformationEvent", at_ns, inputQuantityList=_qty(inputs),
-                     outputQuantityList=_qty([out]), bizStep="commissioning", disposition="active",
+                     outputQuantityList=_qty([out], quantity, uom), bizStep="commissioning", disposition="active",
                      **_line(site, line), **extra)
-    return _base(LOT_PRODUCED, "ObjectEvent", at_ns, action="ADD", epcList=[], quantityList=_qty([out]),
+    return _base(LOT_PRODUCED, "ObjectEvent", at_ns, action="ADD", epcList=[], quantityList=_qty([out], quantity, uom),
                  bizStep="commissioning", disposition="active", **_line(site, line), **extra)
 
 
-def input_received(lot: str, gtin: str, supplier: str, site: str, at_ns: int,
-                   material: str | None = None) -> dict[str, Any]:
+def input_received(lot: str, gtin: str, supplier: str, site: str, at_ns: int, material: str | None = None,
+                   quantity: float | None = None, uom: str | None = None) -> dict[str, Any]:
     """A supplier's lot arrived at the plant (FSMA 204 'receiving' CTE)."""
     return _base(INPUT_RECEIVED, "ObjectEvent", at_ns, action="OBSERVE", epcList=[],
-                 quantityList=_qty([lot_class(lot, gtin)]), bizStep="receiving", disposition="in_progress",
+                 quantityList=_qty([lot_class(lot, gtin)], quantity, uom), bizStep="receiving",
+                 disposition="in_progress",
                  readPoint={"id": location_id(site)}, bizLocation={"id": location_id(site)},
                  sourceList=[{"type": "owning_party", "source": party_id(supplier)}],
                  destinationList=[{"type": "owning_party", "destination": party_id(site)}],
@@ -177,15 +182,17 @@ def anomaly_episode(lot: str | None, gtin: str | None, sensor: str, start_ns: in
         }]
     return _base(ANOMALY_EPISODE, "ObjectEvent", end_ns, action="OBSERVE", epcList=[],
                  quantityList=_qty([lot_class(lot, gtin)]) if lot and gtin else [], bizStep="inspecting",
-                 **_line(site, line), **extra, **{f"{NS}:anomaly": {
+                 **_line(site, line), **extra, **{f"{NS}:anomaly": {k: v for k, v in {
                      "sensor": sensor, "start": iso(start_ns), "end": iso(end_ns), "flags": flags, "rules": rules,
-                     "min": _finite(min_value), "max": _finite(max_value), "readings": readings}})
+                     "min": _finite(min_value), "max": _finite(max_value), "readings": readings}.items()
+                     if v is not None}})
 
 
 def data_gap(source: str, start_ns: int, end_ns: int, reason: str) -> dict[str, Any]:
     """Readings of ``source`` could not be collected between ``start`` and ``end`` (source time)."""
     site, line = source.split("/")[:2]
-    return _base(DATA_GAP, "ObjectEvent", end_ns, action="OBSERVE", epcList=[], **_line(site, line),
+    return _base(DATA_GAP, "ObjectEvent", end_ns, action="OBSERVE", epcList=[], bizStep="inspecting",
+                 **_line(site, line),
                  **{f"{NS}:gap": {"source": source, "start": iso(start_ns), "end": iso(end_ns),
                                   "reason": reason[:500]}})
 
@@ -194,15 +201,16 @@ def data_committed(path: str, sha256: str, rows: int, at_ns: int, sources: Seque
     """A Parquet file as written: an auditor proves later that no reading in it has changed."""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise InvalidEvent(f"data_committed: sha256 must be 64 lowercase hex digits, got {sha256!r}")
-    return _base(DATA_COMMITTED, "ObjectEvent", at_ns, action="OBSERVE", epcList=[],
+    return _base(DATA_COMMITTED, "ObjectEvent", at_ns, action="OBSERVE", epcList=[], bizStep="inspecting",
                  **{f"{NS}:data": {"path": path, "sha256": sha256, "rows": rows, "sources": sorted(sources)}})
 
 
 # ---------------------------------------------------------------- custody and shipping
 
-def lot_packed(lot: str, gtin: str, shipment: str, location: str, at_ns: int) -> dict[str, Any]:
+def lot_packed(lot: str, gtin: str, shipment: str, location: str, at_ns: int, quantity: float | None = None,
+               uom: str | None = None) -> dict[str, Any]:
     return _base(LOT_PACKED, "AggregationEvent", at_ns, parentID=shipment_id(shipment), action="ADD",
-                 childEPCs=[], childQuantityList=_qty([lot_class(lot, gtin)]), bizStep="packing",
+                 childEPCs=[], childQuantityList=_qty([lot_class(lot, gtin)], quantity, uom), bizStep="packing",
                  disposition="in_progress", readPoint={"id": location_id(location)},
                  bizLocation={"id": location_id(location)})
 
@@ -228,10 +236,11 @@ def shipment_moved(shipment: str, stage: str, location: str, at_ns: int, previou
                  bizLocation={"id": location_id(location)}, **extra)
 
 
-def lot_delivered(lot: str, gtin: str, shipment: str, customer: str, location: str, at_ns: int) -> dict[str, Any]:
+def lot_delivered(lot: str, gtin: str, shipment: str, customer: str, location: str, at_ns: int,
+                  quantity: float | None = None, uom: str | None = None) -> dict[str, Any]:
     """The lot reached its customer: a TransactionEvent naming the delivery."""
     return _base(LOT_DELIVERED, "TransactionEvent", at_ns, action="ADD", parentID=shipment_id(shipment),
-                 epcList=[], quantityList=_qty([lot_class(lot, gtin)]),
+                 epcList=[], quantityList=_qty([lot_class(lot, gtin)], quantity, uom),
                  bizTransactionList=[{"type": "desadv", "bizTransaction": _urn("desadv", shipment)}],
                  bizStep="receiving", disposition="sellable_accessible", readPoint={"id": location_id(location)},
                  destinationList=[{"type": "owning_party", "destination": party_id(customer)}])

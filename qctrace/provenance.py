@@ -39,11 +39,19 @@ class Provenance:
         return cls({ln.key: ln for ln in lines_of(scenario)}, {sh.id: sh for sh in shipments_of(scenario)},
                    int(scenario.plant.start.timestamp()) * 1_000_000_000)
 
-    def gtin_of(self, lot: str) -> str:
+    def line_of(self, lot: str) -> Line | None:
         for ln in self.lines.values():
             if lot.startswith(ln.lot_prefix):
-                return ln.gtin
-        return DEFAULT_GTIN
+                return ln
+        return None
+
+    def gtin_of(self, lot: str) -> str:
+        ln = self.line_of(lot)
+        return ln.gtin if ln else DEFAULT_GTIN
+
+    def units_of(self, lot: str) -> dict[str, Any]:
+        ln = self.line_of(lot)
+        return {"quantity": ln.units_per_lot, "uom": "EA"} if ln and ln.units_per_lot else {}
 
     def events_for(self, facts: Sequence[Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -85,11 +93,12 @@ class Provenance:
             if lot not in self._received:
                 self._received.add(lot)
                 out.append(events.input_received(lot, spec.gtin, spec.supplier, f.site, f.at_ns - 1_000_000,
-                                                 material=spec.material))
+                                                 material=spec.material, quantity=spec.quantity,
+                                                 uom=spec.uom if spec.quantity else None))
             inputs.append(events.lot_class(lot, spec.gtin))
         out.append(events.lot_produced(f.lot, line.gtin, f.site, f.line, f.at_ns, inputs=inputs,
                                        equipment=[f"{f.site}/{f.line}/{d}" for d in line.devices],
-                                       product=line.product))
+                                       product=line.product, **self.units_of(f.lot)))
         return out
 
     def _shipment_started(self, sh: Shipment, at_ns: int) -> list[dict[str, Any]]:
@@ -97,7 +106,7 @@ class Provenance:
             return []
         self._stages_done[sh.id] = 0
         first = sh.stages[0].location if sh.stages else COLDCHAIN_SITE
-        return [events.lot_packed(sh.lot, self.gtin_of(sh.lot), sh.id, first, at_ns),
+        return [events.lot_packed(sh.lot, self.gtin_of(sh.lot), sh.id, first, at_ns, **self.units_of(sh.lot)),
                 events.logger_attached(sh.id, f"{COLDCHAIN_SITE}/{sh.id}/{sh.logger}", first, at_ns)]
 
     def custody_until(self, now_ns: int) -> list[dict[str, Any]]:
@@ -111,7 +120,8 @@ class Provenance:
                 prev = sh.stages[done - 1].location if done else None
                 out.append(events.shipment_moved(sid, st.stage, st.location, at, previous=prev))
                 if done == len(sh.stages) - 1 and sh.customer:
-                    out.append(events.lot_delivered(sh.lot, self.gtin_of(sh.lot), sid, sh.customer, st.location, at))
+                    out.append(events.lot_delivered(sh.lot, self.gtin_of(sh.lot), sid, sh.customer, st.location, at,
+                                                    **self.units_of(sh.lot)))
                 done += 1
             self._stages_done[sid] = done
         return out
