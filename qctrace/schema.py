@@ -66,6 +66,13 @@ class Flag(enum.IntFlag):
     """Bits of the ``flags`` column, one per detection rule.
 
     The numbering is part of the stored data: never renumber a bit, only add new ones.
+    ``NELSON_1`` … ``NELSON_8`` are Nelson's eight run rules in Nelson's own order (1984), against
+    the sensor's centre line and sigma (configured, or estimated from a phase I baseline):
+    1 one point beyond 3σ; 2 nine points in a row on one side of the centre; 3 six points in a row
+    steadily increasing or decreasing; 4 fourteen points in a row alternating up and down; 5 two of
+    three points beyond 2σ on the same side; 6 four of five points beyond 1σ on the same side;
+    7 fifteen points in a row within 1σ; 8 eight points in a row beyond 1σ, on either side.
+    (Western Electric's rules are 1, 5, 6 and a run of 8 on one side: rule 2 with length 8.)
     """
 
     NONE = 0
@@ -74,6 +81,25 @@ class Flag(enum.IntFlag):
     EWMA_Z = 1 << 2  # |x - EWMA mean| / EWMA sd above the limit
     BAD_QUALITY = 1 << 3  # the source said Bad; the value is not judged
     NOT_FINITE = 1 << 4  # NaN or +-inf value
+    NELSON_1 = 1 << 5
+    NELSON_2 = 1 << 6
+    NELSON_3 = 1 << 7
+    NELSON_4 = 1 << 8
+    NELSON_5 = 1 << 9
+    NELSON_6 = 1 << 10
+    NELSON_7 = 1 << 11
+    NELSON_8 = 1 << 12
+    CUSUM_HIGH = 1 << 13  # upper tabular CUSUM above h·σ: a sustained upward shift or drift
+    CUSUM_LOW = 1 << 14  # lower tabular CUSUM above h·σ
+    RATE = 1 << 15  # |Δx/Δt| above the sensor's maximum rate of change
+    SPIKE = 1 << 16  # robust outlier: |x - running median| above k scaled MADs
+    STUCK = 1 << 17  # the same value N times in a row (a frozen sensor or register)
+    GAP = 1 << 18  # this reading came after a silence longer than the sensor's allowed interval
+    BAND_LOW = 1 << 19  # cold chain: below the product's band (temperature or humidity)
+    BAND_HIGH = 1 << 20  # cold chain: above the product's band
+    BUDGET = 1 << 21  # cold chain: cumulative time out of band exceeds the excursion budget
+    DOOR_OPEN = 1 << 22  # cold chain: a door open longer than allowed
+    STALE = 1 << 23  # timer: the sensor has been silent longer than allowed (no reading carries it)
 
     def rule_names(self) -> list[str]:
         """Names of the set bits, for people: ``['SPEC_HIGH', 'EWMA_Z']``."""
