@@ -171,6 +171,8 @@ class Scenario(_Model):
         return self
 
 
+SETPOINT_SUFFIX = "_sp"
+
 LOGGER_CHANNELS = ("temperature", "humidity", "door_open", "battery")
 """What every cold-chain logger reports in each frame, in frame order."""
 
@@ -292,6 +294,11 @@ def streams_of(scenario: Scenario) -> list[Stream]:
             for name, unit, nominal, noise, dec, lo, hi in specs:
                 out.append(Stream(len(out), COLDCHAIN_SITE, sid, logger, name, unit, nominal, noise, dec, "serial",
                                   lo, hi))
+    # A PLC publishes a recipe tag's setpoint next to its process value ("<tag>_sp"), so a detector
+    # can tell a recipe change from a fault. Appended last: earlier streams keep their seeds.
+    for s in [s for s in out if s.setpoints and s.kind == "opcua"]:
+        out.append(Stream(len(out), s.site, s.line, s.device, f"{s.sensor}{SETPOINT_SUFFIX}", s.unit, s.nominal, 0.0,
+                          s.decimals, "opcua", s.eu_low, s.eu_high, 0.0, s.cycle_period_s, s.setpoints))
     return out
 
 

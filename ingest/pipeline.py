@@ -49,6 +49,17 @@ class Ingest:
         self.sink = ParquetSink(data_dir / "readings", data_dir / "ingest", sink.flush_rows, sink.flush_age_s)
         self.on_events = on_events
         self.stats = IngestStats()
+        self._generation = 0
+        self._restore_detector()
+
+    def _restore_detector(self) -> None:
+        """Detection carries on from the state that matches the committed data (see ``flush``)."""
+        name = self.sink.extra.get("detector")
+        if name:
+            self._generation = int(name.split("-")[1].split(".")[0])
+        if name and (self.sink.state_dir / name).exists():
+            self.detector.load(self.sink.state_dir / name)
+            log.info("ingest.restore detector=%s sensors=%d", name, len(self.detector.keys))
 
     def process(self, batch: pa.RecordBatch) -> None:
         self.stats.batches += 1
@@ -69,7 +80,21 @@ class Ingest:
             self.on_events(facts)
 
     def flush(self) -> None:
-        files = self.sink.flush()
+        """Commit buffered rows together with the detector state that produced their flags.
+
+        The state goes to a new file first (``detector-<n>.npz``, fsynced); the sink's atomic commit
+        record then names it. A crash before the commit leaves the old record and the old state,
+        which match each other; the files of older states are removed after the commit.
+        """
+        if not self.sink.pending_rows:
+            return
+        self._generation += 1
+        name = f"detector-{self._generation:08d}.npz"
+        self.detector.save(self.sink.state_dir / name)
+        files = self.sink.flush({"detector": name})
+        for old in self.sink.state_dir.glob("detector-*.npz"):
+            if old.name != name and old.name != self.sink.extra.get("detector"):
+                old.unlink(missing_ok=True)
         if files:
             self.on_events(list(files))
 

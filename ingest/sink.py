@@ -82,7 +82,13 @@ class ParquetSink:
         self._first_buffered = 0.0
         self.duplicates_dropped = 0
         self.rows_committed = 0
+        self.extra: dict = {}  # what else the last commit recorded (e.g. the detector state's file)
         self._open()
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows added but not yet committed."""
+        return self._buffered_rows
 
     @property
     def commit_path(self) -> Path:
@@ -95,6 +101,7 @@ class ParquetSink:
             rec = json.loads(self.commit_path.read_text())
             self.files = [CommittedFile(**f) for f in rec["files"]]
             self.committed_hwm = {k: int(v) for k, v in rec["hwm"].items()}
+            self.extra = rec.get("extra", {})
         self._accepted_hwm = dict(self.committed_hwm)
         self.rows_committed = sum(f.rows for f in self.files)
         known = {f.path for f in self.files}
@@ -141,8 +148,9 @@ class ParquetSink:
         return self._buffered_rows >= self.flush_rows or (
             self._buffered_rows > 0 and time.monotonic() - self._first_buffered >= self.flush_age_s)
 
-    def flush(self) -> list[CommittedFile]:
-        """Write and commit everything buffered; returns the files committed."""
+    def flush(self, extra: dict | None = None) -> list[CommittedFile]:
+        """Write and commit everything buffered; returns the files committed. ``extra`` goes into the
+        same atomic commit record (ingest names the detector state that matches the data here)."""
         if not self._buffer:
             return []
         table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
@@ -179,12 +187,13 @@ class ParquetSink:
                 new_files.append(CommittedFile(final.relative_to(self.root).as_posix(), n, _sha256(final)))
             log.info("sink.step2 renamed=%d", len(new_files))
             # Step 3: the commit record, atomically.
-            self._write_commit(self.files + new_files, self._accepted_hwm)
+            self._write_commit(self.files + new_files, self._accepted_hwm, extra or {})
         except OSError as exc:
             for tmp, _, _ in staged:
                 tmp.unlink(missing_ok=True)
             raise SinkCommitError(f"{self.root}: cannot commit {table.num_rows} readings: {exc}") from exc
         self.files.extend(new_files)
+        self.extra = extra or {}
         self.committed_hwm = dict(self._accepted_hwm)
         self.rows_committed += table.num_rows
         self._buffer.clear()
@@ -192,8 +201,8 @@ class ParquetSink:
         log.info("sink.commit files=%d rows=%d", len(new_files), table.num_rows)
         return new_files
 
-    def _write_commit(self, files: list[CommittedFile], hwm: dict[str, int]) -> None:
-        rec = {"version": 1, "schema_version": SCHEMA_VERSION, "hwm": hwm,
+    def _write_commit(self, files: list[CommittedFile], hwm: dict[str, int], extra: dict) -> None:
+        rec = {"version": 1, "schema_version": SCHEMA_VERSION, "hwm": hwm, "extra": extra,
                "files": [{"path": f.path, "rows": f.rows, "sha256": f.sha256} for f in files]}
         tmp = self.commit_path.with_suffix(".tmp")
         with open(tmp, "w") as fh:

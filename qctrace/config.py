@@ -40,45 +40,117 @@ class EdgeConfig(_Frozen):
     serial_baudrate: int = 115200
 
 
-class SensorRule(_Frozen):
-    """Detection settings for the sensors whose key ``site/line/device/sensor`` matches ``match``."""
+class RuleParams(_Frozen):
+    """Every detection setting; ``None`` means "inherit" (from the sensor type's defaults, then the
+    ``[detect]`` defaults). Units are the sensor's own unless the name says otherwise."""
 
-    match: str
-    lsl: float = -math.inf
-    usl: float = math.inf
+    # spec limits and EWMA z-score
+    lsl: float | None = None
+    usl: float | None = None
     ewma_lambda: Annotated[float | None, Field(gt=0, le=1)] = None
     ewma_z: Annotated[float | None, Field(gt=0)] = None
     warmup: Annotated[int | None, Field(ge=1)] = None
     rebaseline_after: Annotated[int | None, Field(ge=0)] = None
+    # control chart: Nelson run rules and tabular CUSUM against a centre line and sigma
+    centre: float | None = None  # unset: estimated in phase I
+    sigma: Annotated[float | None, Field(gt=0)] = None
+    phase1_n: Annotated[int | None, Field(ge=2)] = None
+    nelson: tuple[Annotated[int, Field(ge=1, le=8)], ...] | None = None  # rule numbers on; () = none
+    cusum_k: Annotated[float | None, Field(ge=0)] = None
+    cusum_h: Annotated[float | None, Field(ge=0)] = None  # 0 = off
+    # robust rules
+    max_rate: Annotated[float | None, Field(gt=0)] = None  # units per second
+    spike_k: Annotated[float | None, Field(gt=0)] = None
+    stuck_n: Annotated[int | None, Field(ge=0)] = None  # 0 = off
+    max_interval_s: Annotated[float | None, Field(gt=0)] = None  # unset: learnt from the data
+    gap_factor: Annotated[float | None, Field(gt=1)] = None
+    # cold chain
+    band: tuple[float, float] | None = None  # the product's band, e.g. [2.0, 8.0] degC
+    budget_min: Annotated[float | None, Field(ge=0)] = None  # cumulative minutes out of band allowed
+    mkt: bool | None = None  # accumulate mean kinetic temperature (USP <1079.2>)
+    delta_h: Annotated[float | None, Field(gt=0)] = None  # J/mol, default 83144
+    door_max_s: Annotated[float | None, Field(ge=0)] = None
+    # re-baselining
+    rebaseline_on_lot: bool | None = None  # a lot changeover restarts the baseline
+    setpoint_suffix: str | None = None  # a sensor "<key><suffix>" is this sensor's setpoint
 
     @model_validator(mode="after")
-    def _limits_ordered(self) -> SensorRule:
-        if self.lsl >= self.usl:
-            raise ValueError(f"lsl ({self.lsl}) must be below usl ({self.usl}) for match={self.match!r}")
+    def _limits_ordered(self) -> RuleParams:
+        if self.lsl is not None and self.usl is not None and self.lsl >= self.usl:
+            raise ValueError(f"lsl ({self.lsl}) must be below usl ({self.usl})")
+        if self.band is not None and self.band[0] >= self.band[1]:
+            raise ValueError(f"band {list(self.band)}: the low end must be below the high end")
         return self
 
 
+class SensorRule(RuleParams):
+    """Settings for the sensors whose key ``site/line/device/sensor`` matches ``match`` (fnmatch)."""
+
+    match: str
+
+
+SENSOR_TYPES: dict[str, dict[str, Any]] = {
+    # A binary switch: runs, trends and z-scores mean nothing; only how long it stays open.
+    "door_open": {"ewma_z": math.inf, "nelson": (), "cusum_h": 0.0, "spike_k": math.inf, "stuck_n": 0,
+                  "door_max_s": 60.0, "rebaseline_on_lot": False},
+    # A cold-chain temperature: judged against the product's band and budget; MKT accumulated.
+    "temperature": {"mkt": True, "rebaseline_on_lot": False, "nelson": (1,), "stuck_n": 600},
+    "humidity": {"rebaseline_on_lot": False, "nelson": (1,), "stuck_n": 0},
+    # A slowly discharging battery: a trend is expected, never an anomaly.
+    "battery": {"ewma_z": math.inf, "nelson": (), "cusum_h": 0.0, "spike_k": math.inf, "stuck_n": 0,
+                "rebaseline_on_lot": False},
+    # Counters are integers that repeat: no stuck rule, no run rules.
+    "*_count": {"nelson": (1,), "stuck_n": 0},
+    # A setpoint is a recipe value, constant between changes.
+    "*_sp": {"ewma_z": math.inf, "nelson": (), "cusum_h": 0.0, "spike_k": math.inf, "stuck_n": 0},
+}
+"""Built-in defaults by sensor name (the last part of the key; fnmatch patterns), applied before
+``[[detect.sensors]]``; any of them can be overridden there."""
+
+
 class DetectConfig(_Frozen):
+    """Detection defaults for every sensor; ``[[detect.sensors]]`` rules refine them (later wins)."""
+
     ewma_lambda: Annotated[float, Field(gt=0, le=1)] = 0.1
     ewma_z: Annotated[float, Field(gt=0)] = 5.0
     warmup: Annotated[int, Field(ge=1)] = 30
     rebaseline_after: Annotated[int, Field(ge=0)] = 120
     """After this many consecutive EWMA-flagged readings the shift is taken as the new normal and
     the baseline is learnt again (0 = never): one episode per step change, not an endless alarm."""
+    phase1_n: Annotated[int, Field(ge=2)] = 100
+    nelson: tuple[Annotated[int, Field(ge=1, le=8)], ...] = (1, 2, 3, 5, 6)
+    cusum_k: Annotated[float, Field(ge=0)] = 0.5
+    cusum_h: Annotated[float, Field(ge=0)] = 8.0
+    spike_k: Annotated[float, Field(gt=0)] = 8.0
+    stuck_n: Annotated[int, Field(ge=0)] = 30
+    gap_factor: Annotated[float, Field(gt=1)] = 5.0
+    delta_h: Annotated[float, Field(gt=0)] = 83144.0
+    rebaseline_on_lot: bool = False  # set per sensor where a lot changeover changes the process
+    setpoint_suffix: str = "_sp"
+    types: bool = True  # apply SENSOR_TYPES
     sensors: tuple[SensorRule, ...] = ()
 
-    def for_sensor(self, key: str) -> tuple[float, float, float, float, int, int]:
-        """(lsl, usl, lambda, z, warmup, rebaseline_after) for a sensor key; the last matching rule wins."""
-        lsl, usl, lam, z = -math.inf, math.inf, self.ewma_lambda, self.ewma_z
-        warm, rebase = self.warmup, self.rebaseline_after
+    def resolve(self, key: str) -> dict[str, Any]:
+        """Every setting for one sensor: defaults, then its type's, then matching rules in order."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in RuleParams.model_fields
+                               if name in DetectConfig.model_fields}
+        name = key.rsplit("/", 1)[-1]
+        if self.types:
+            for pattern, values in SENSOR_TYPES.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    out.update(values)
         for rule in self.sensors:
             if fnmatch.fnmatchcase(key, rule.match):
-                lsl, usl = rule.lsl, rule.usl
-                lam = rule.ewma_lambda if rule.ewma_lambda is not None else lam
-                z = rule.ewma_z if rule.ewma_z is not None else z
-                warm = rule.warmup if rule.warmup is not None else warm
-                rebase = rule.rebaseline_after if rule.rebaseline_after is not None else rebase
-        return lsl, usl, lam, z, warm, rebase
+                out.update({k: v for k, v in rule.model_dump(exclude={"match"}).items() if v is not None})
+        return out
+
+    def for_sensor(self, key: str) -> tuple[float, float, float, float, int, int]:
+        """(lsl, usl, lambda, z, warmup, rebaseline_after) for a sensor key."""
+        r = self.resolve(key)
+        lsl = r.get("lsl")
+        usl = r.get("usl")
+        return (-math.inf if lsl is None else lsl, math.inf if usl is None else usl, r["ewma_lambda"], r["ewma_z"],
+                r["warmup"], r["rebaseline_after"])
 
 
 class SinkConfig(_Frozen):

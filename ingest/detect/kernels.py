@@ -126,6 +126,25 @@ def episodes(idx, ts, flags, values, is_open, start, last, mask, vmin, vmax, nfl
     return k
 
 
+@njit(cache=True, nogil=True)
+def lot_changes(idx, lot_rows, on_lot, lot_code, changed):
+    """Mark rows that are a sensor's first reading of a new lot (``changed[i] = 1``) and remember
+    each sensor's lot. A sensor's first lot ever is not a change; rows without a lot (-1) are skipped."""
+    n = 0
+    for i in range(idx.shape[0]):
+        s = idx[i]
+        code = lot_rows[i]
+        changed[i] = 0
+        if code < 0 or not on_lot[s]:
+            continue
+        if lot_code[s] != code:
+            if lot_code[s] >= 0:
+                changed[i] = 1
+                n += 1
+            lot_code[s] = code
+    return n
+
+
 def readonly(a: np.ndarray) -> np.ndarray:
     """Mark an input read-only, as Arrow-backed arrays are, so kernels see one array type."""
     if a.flags.writeable:
@@ -153,3 +172,4 @@ def warm_up() -> None:
     spec_ewma(i(), readonly(f()), q, f(), f(), f(), f(), i(), i(), f(), f(), i(), i(), u(), f())
     episodes(i(), readonly(i()), readonly(u()), readonly(f()), np.zeros(1, np.bool_), i(), i(), u(), f(), f(), i(),
              i(), i(), i(), u(), f(), f(), i(), i(), np.zeros(1, np.uint8))
+    lot_changes(i(), i(), np.zeros(1, np.bool_), i(), np.zeros(1, np.uint8))

@@ -93,5 +93,6 @@ async def test_two_lines_run_as_two_server_processes(tmp_path):
                 names = [(await n.read_browse_name()).Name for n in sites if n.nodeid.NamespaceIndex == ns]
                 assert names == ["plant2"]
     produced = plant.produced()
-    assert produced["plant2/fill/plc"] == 40 and produced["plant2/cap/plc"] == 20
+    # fill/plc: 4 tags and the seal temperature's setpoint tag, 10 ticks; cap/plc: 2 tags
+    assert produced["plant2/fill/plc"] == 50 and produced["plant2/cap/plc"] == 20
     assert truth["readings"].exists()
