@@ -67,6 +67,24 @@ def test_spec_ewma_kernel_equals_reference(batch):
     assert _close(kz, rz)
 
 
+@given(rows)
+def test_spec_ewma_numpy_baseline_equals_kernel_bit_for_bit(batch):
+    from ingest.detect.vectorised import spec_ewma_vectorised
+
+    k, v = KernelState(), KernelState()
+    kf, kz = k.run(batch)
+    idx = np.array([r[0] for r in batch], dtype=np.int64)
+    vals = np.array([r[1] for r in batch], dtype=np.float64)
+    q = np.array([r[2] for r in batch], dtype=np.uint8)
+    flags, z = np.zeros(len(batch), dtype=np.uint32), np.zeros(len(batch))
+    spec_ewma_vectorised(idx, vals, q, v.lsl, v.usl, v.lam, v.zlim, v.warmup, v.rebase, v.mean, v.var, v.count,
+                         v.run_, flags, z)
+    assert flags.tolist() == kf
+    assert np.array_equal(z, np.array(kz), equal_nan=True)
+    for name in ("mean", "var", "count", "run_"):
+        assert np.array_equal(getattr(k, name), getattr(v, name)), name
+
+
 @given(rows, st.integers(0, 120))
 def test_spec_ewma_split_into_two_batches_equals_one(batch, cut):
     whole = KernelState().run(batch)
