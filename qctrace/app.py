@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from edge import BatchBuilder, InProcessTransport, OpcUaReader, SeqAllocator, SerialReader, StreamTable
 from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
 from ingest import Ingest, read_dataset
-from ingest.detect.kernels import warm_up
+from ingest.detect import warm_up
 from ledger import Ledger, events
 from ledger.publish import anchor_checkpoint
 from qctrace.config import Config
