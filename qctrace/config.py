@@ -118,9 +118,12 @@ class DetectConfig(_Frozen):
     """After this many consecutive EWMA-flagged readings the shift is taken as the new normal and
     the baseline is learnt again (0 = never): one episode per step change, not an endless alarm."""
     phase1_n: Annotated[int, Field(ge=2)] = 100
-    nelson: tuple[Annotated[int, Field(ge=1, le=8)], ...] = (1, 2, 3, 5, 6)
+    nelson: tuple[Annotated[int, Field(ge=1, le=8)], ...] = ()
+    """Nelson run rules are off by default: on a raw 1 Hz signal even rule 1 (3 sigma) fires once
+    per ~370 in-control readings, ten times an hour per sensor. Turn them on per sensor for
+    subgrouped or slow quality data (e.g. one weight per filled unit averaged per minute)."""
     cusum_k: Annotated[float, Field(ge=0)] = 0.5
-    cusum_h: Annotated[float, Field(ge=0)] = 8.0
+    cusum_h: Annotated[float, Field(ge=0)] = 10.0  # in-control average run length of several days at 1 Hz
     spike_k: Annotated[float, Field(gt=0)] = 8.0
     stuck_n: Annotated[int, Field(ge=0)] = 30
     gap_factor: Annotated[float, Field(gt=1)] = 5.0
