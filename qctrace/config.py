@@ -94,13 +94,13 @@ SENSOR_TYPES: dict[str, dict[str, Any]] = {
     "door_open": {"ewma_z": math.inf, "nelson": (), "cusum_h": 0.0, "spike_k": math.inf, "stuck_n": 0,
                   "door_max_s": 60.0, "rebaseline_on_lot": False},
     # A cold-chain temperature: judged against the product's band and budget; MKT accumulated.
-    "temperature": {"mkt": True, "rebaseline_on_lot": False, "nelson": (1,), "stuck_n": 600},
-    "humidity": {"rebaseline_on_lot": False, "nelson": (1,), "stuck_n": 0},
+    "temperature": {"mkt": True, "rebaseline_on_lot": False, "stuck_n": 600},
+    "humidity": {"rebaseline_on_lot": False, "stuck_n": 0},
     # A slowly discharging battery: a trend is expected, never an anomaly.
     "battery": {"ewma_z": math.inf, "nelson": (), "cusum_h": 0.0, "spike_k": math.inf, "stuck_n": 0,
                 "rebaseline_on_lot": False},
     # Counters are integers that repeat: no stuck rule, no run rules.
-    "*_count": {"nelson": (1,), "stuck_n": 0},
+    "*_count": {"stuck_n": 0},
     # A setpoint is a recipe value, constant between changes.
     "*_sp": {"ewma_z": math.inf, "nelson": (), "cusum_h": 0.0, "spike_k": math.inf, "stuck_n": 0},
 }
