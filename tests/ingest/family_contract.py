@@ -31,14 +31,19 @@ class Batch:
                      self.n_sensors)
 
 
+_SENSORS = st.integers(1, 4)
+_SIZE = st.integers(0, 120)
+_VALUE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+_DT = st.sampled_from([0, 1, 10**9, 10**9, 10**9, 2 * 10**9, 60 * 10**9, -(10**9)])
+
+
 @st.composite
-def batches(draw, n_sensors=st.integers(1, 4), size=st.integers(0, 120), value=None, dt_ns=None,
-            repeat_prob: float = 0.2) -> Batch:
+def batches(draw, n_sensors=_SENSORS, size=_SIZE, value=None, dt_ns=None, repeat_prob: float = 0.2) -> Batch:
     """Random batches: NaN, ±inf, Bad quality, repeated values, out-of-order and duplicate times."""
     m = draw(n_sensors)
     n = draw(size)
-    value = value or st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
-    dt_ns = dt_ns or st.sampled_from([0, 1, 10**9, 10**9, 10**9, 2 * 10**9, 60 * 10**9, -(10**9)])
+    value = _VALUE if value is None else value
+    dt_ns = _DT if dt_ns is None else dt_ns
     idx, ts, vals, flags = [], [], [], []
     t = 1_793_599_200 * 10**9
     last: dict[int, float] = {}
