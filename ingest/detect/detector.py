@@ -241,15 +241,26 @@ class Detector:
         sc = self.score(batch)
         return batch.set_column(_FLAGS_AT, READING_SCHEMA.field("flags"), pa.array(sc.flags)), sc.idx, sc.z
 
-    def stale(self, now_ns: int) -> list[str]:
-        """Sensors silent longer than allowed at ``now_ns`` (a timer calls this; no reading needed)."""
-        for fam in self.families:
-            fn = getattr(_module_of(fam), "stale", None)
-            if fn is not None:
-                st = self.state[fam.name]
-                p = self.params[fam.name]
-                return [self.keys[i] for i in fn(now_ns, st, p, len(self.keys))]
-        return []
+    def stale(self, now_ns: int) -> list[int]:
+        """Indices of sensors silent longer than allowed at ``now_ns`` (a timer calls this; no reading
+        is needed). The threshold is the GAP rule's, so the reading that ends the silence is GAP."""
+        from ingest.detect import robust
+
+        fam = next((f for f in self.families if f.name == robust.FAMILY.name), None)
+        if fam is None:
+            return []
+        st, p = self.state[fam.name], self.params[fam.name]
+        return [int(i) for i in robust.stale(now_ns, st["last_ts"], robust.expected_interval_ns(p, st),
+                                             p["gap_factor"], len(self.keys))]
+
+    def last_seen(self, s: int) -> int | None:
+        """Source time of sensor ``s``'s newest reading (None if never heard)."""
+        from ingest.detect import robust
+
+        if robust.FAMILY.name not in self.state:
+            return None
+        t = int(self.state[robust.FAMILY.name]["last_ts"][s])
+        return None if t == robust.NEVER else t
 
     # ------------------------------------------------------------ checkpoint
 
@@ -300,8 +311,3 @@ class Detector:
         with np.load(path, allow_pickle=False) as z:
             self.load_state({k: z[k] for k in z.files})
 
-
-def _module_of(fam: RuleFamily):
-    import sys
-
-    return sys.modules[fam.kernel.__module__] if hasattr(fam.kernel, "__module__") else None

@@ -75,7 +75,7 @@ def test_a_lot_changeover_rebaselines_only_where_configured():
 def test_saved_state_continues_exactly_like_an_uninterrupted_detector(tmp_path):
     rng = np.random.default_rng(8)
     rows = [(f"s{k}", t, float(v)) for t in range(600) for k, v in enumerate(rng.normal(10, 1, 5))]
-    rows[3000] = ("s1", 600, 40.0)  # a spike in the second half
+    rows[2501] = ("s1", 500, 40.0)  # a spike in the second half
     whole = Detector(DetectConfig()).score(_batch(rows)).flags
     first = Detector(DetectConfig())
     first.score(_batch(rows[:1500]))
