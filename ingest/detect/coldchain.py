@@ -10,8 +10,10 @@ per-sensor state is per-shipment state. Rules, per sensor, in arrival order, SKI
   ``ts_prev`` was, because that is what the logger last saw. One interval counts at most
   ``max_dt_s`` (default 300 s; NaN or inf = no cap), so a logger that goes silent does not quietly
   spend the budget on time nobody measured (the GAP/STALE rules report the silence itself).
-  ``BUDGET`` is set on every reading once the cumulative out-of-band time is strictly greater
-  than ``budget_s`` (in band or not: the shipment's allowance is spent). Time is summed in integer
+  ``BUDGET`` is set on every out-of-band reading once the cumulative out-of-band time is strictly
+  greater than ``budget_s``: every further excursion of a shipment whose allowance is spent is a
+  budget breach, while readings back in band raise nothing (the spent budget stays in the score
+  ``excursion_s`` and in the shipment's record, not as an endless alarm). Time is summed in integer
   nanoseconds (state ``out_ns``) so the sum, and so the flag, is exact whatever the batching.
 * **Mean kinetic temperature** (``mkt`` = 1 to turn on, ``delta_h`` J/mol, default 83 144): the
   same intervals weight ``exp(-ΔH / (R·T_k))`` (Haynes 1971; USP <1079.2>); score ``mkt_c`` is the
@@ -91,7 +93,7 @@ def kernel(idx, ts, values, flags, excursion_s, mkt_c,
             f |= BAND_LOW
         if x > hi:
             f |= BAND_HIGH
-        if out_ns[s] / NS > budget_s[s]:
+        if out_ns[s] / NS > budget_s[s] and (x < lo or x > hi):
             f |= BUDGET
         if x >= OPEN and prev_x[s] >= OPEN and (t - door_since[s]) / NS > door_max_s[s]:
             f |= DOOR_OPEN
@@ -277,7 +279,7 @@ def vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags: np.nd
         mkt_on, dh = params["mkt"][s] != 0, params["delta_h"][s]
     f = np.where(x < lo, BAND_LOW, np.uint32(0))
     f |= np.where(x > hi, BAND_HIGH, np.uint32(0))
-    f |= np.where(cur_out / NS > params["budget_s"][s], BUDGET, np.uint32(0))
+    f |= np.where((cur_out / NS > params["budget_s"][s]) & ((x < lo) | (x > hi)), BUDGET, np.uint32(0))
     door = (x >= OPEN) & (cur_px >= OPEN) & ((t - cur_since) / NS > params["door_max_s"][s])
     f |= np.where(door, DOOR_OPEN, np.uint32(0))
     flags[order] |= f

@@ -56,7 +56,7 @@ def reference(idx: list[int], ts: list[int], values: list[float], flags: list[in
             f |= Flag.BAND_LOW
         if x > hi:
             f |= Flag.BAND_HIGH
-        if out_ns[s] / NS > budget_p[s]:
+        if out_ns[s] / NS > budget_p[s] and (x < lo or x > hi):
             f |= Flag.BUDGET
         if x >= OPEN and prev_x[s] >= OPEN and (t - door_since[s]) / NS > door_p[s]:
             f |= Flag.DOOR_OPEN
