@@ -17,6 +17,7 @@ from firmware_sim.scenario import (
     BAD_SENSOR_FAILURE,
     COLDCHAIN_FAULTS,
     DEVICE_FAULTS,
+    SETPOINT_SUFFIX,
     UNCERTAIN_LAST_USABLE,
     VALUE_FAULTS,
     FaultSpec,
@@ -107,8 +108,10 @@ class PlantGenerator:
         for c, s in enumerate(self.streams):
             noise[:, c] = self._rngs[c].standard_normal(n_ticks)
             level = np.full(n_ticks, s.nominal)
+            # the process follows a new setpoint one scan after the PLC publishes it
+            lag = 0.0 if s.sensor.endswith(SETPOINT_SUFFIX) else self.scenario.plant.tick_s
             for at_s, value in s.setpoints:
-                level[t_s >= at_s] = value
+                level[t_s >= at_s + lag] = value
             if s.cycle_amplitude:
                 level += s.cycle_amplitude * np.sin(2 * np.pi * t_s / s.cycle_period_s)
             if s.sensor == "battery":

@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.detect import Detector
 from ingest.episodes import Episode, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
 from ingest.sink import CommittedFile, ParquetSink
 from qctrace.config import DetectConfig, SinkConfig
-from qctrace.schema import Gap
+from qctrace.schema import Flag, Gap
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Ingest:
         self.on_events = on_events
         self.stats = IngestStats()
         self._generation = 0
+        self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
+        self._stale: dict[int, int] = {}  # sensor -> last_seen when it was reported silent
         self._restore_detector()
 
     def _restore_detector(self) -> None:
@@ -69,6 +73,7 @@ class Ingest:
         if fresh.num_rows == 0:
             return
         flagged, idx, _z = self.detector.flag(fresh)
+        self._now_ns = max(self._now_ns, int(pc.max(fresh.column("ts")).cast(pa.int64()).as_py() or 0))
         flags = flagged.column("flags").to_numpy()
         self.stats.flagged += int(np.count_nonzero(flags))
         facts: list[Fact] = [*self.lots.update(flagged, flags)]
@@ -106,6 +111,26 @@ class Ingest:
             self.on_events(list(eps))
         self.flush()
 
+    def check_stale(self) -> list[Episode]:
+        """Sensors that went silent (the detector's timer rule), each reported once per silence.
+
+        Time is source time: the newest reading of any sensor. A plant's devices share a clock
+        closely enough, and the check keeps working when ingest replays old data.
+        """
+        out = []
+        for s in self.detector.stale(self._now_ns):
+            last = self.detector.last_seen(s)
+            if last is None or self._stale.get(s) == last:
+                continue
+            self._stale[s] = last
+            out.append(Episode(self.detector.keys[s], last, self._now_ns, int(Flag.STALE), math.nan, math.nan, 0,
+                               None))
+        if out:
+            self.stats.episodes += len(out)
+            log.warning("ingest.stale sensors=%s", ",".join(e.sensor for e in out))
+            self.on_events(out)
+        return out
+
     def gap(self, gap: Gap) -> None:
         """A source could not be read for a while: record it, so missing data is explained."""
         self.stats.gaps += 1
@@ -119,6 +144,7 @@ class Ingest:
         async def flusher() -> None:
             while True:
                 await asyncio.sleep(flush_check_s)
+                self.check_stale()
                 if self.sink.due():
                     self.flush()
 

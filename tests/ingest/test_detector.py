@@ -123,3 +123,18 @@ def test_every_rule_has_an_explanation_with_its_numbers():
     assert any(line.startswith("NELSON_2:") and "rule 2" in line for line in lines)
     assert explain(0) == []
     assert explain(int(Flag.SPIKE)) == ["SPIKE: an isolated spike (robust z +nan against the running median)"]
+
+
+def test_a_silent_sensor_is_reported_once_by_the_timer_without_waiting_for_its_next_reading(tmp_path):
+    cfg = load_config(None)
+    facts: list = []
+    ingest = Ingest(tmp_path, cfg.detect, cfg.sink, facts.extend)
+    both = [(name, t, 1.0 + 0.01 * (t % 7)) for t in range(60) for name in ("a", "b")]
+    ingest.process(_batch(both))
+    assert ingest.check_stale() == []
+    ingest.process(_batch([("a", 60 + t, 1.0 + 0.01 * (t % 7)) for t in range(30)], seq0=200))
+    silent = ingest.check_stale()
+    assert [e.sensor for e in silent] == ["plant1/line1/plc1/b"] and silent[0].flags == int(Flag.STALE)
+    assert silent[0].start_ns == T0 + 59 * S and silent[0].end_ns == T0 + 89 * S
+    assert ingest.check_stale() == []  # one report per silence
+    assert any(getattr(f, "flags", 0) == int(Flag.STALE) for f in facts)
