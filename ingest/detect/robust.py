@@ -22,10 +22,16 @@ Semantics, per sensor, readings in arrival order; rows with ``SKIP`` bits are ig
 * ``SPIKE``: streaming median/MAD by stochastic approximation, O(1) per reading, no window.
   With ``e = x - m`` and ``a = |e|`` against the state before the reading:
 
-  - warm-up (first ``spike_warmup`` readings; not judged, ``robust_z`` NaN): ``m`` is the running
-    mean (``m += e / (n + 1)``) and ``d`` the running mean of ``a`` (``d += (a - d) / n``), a
-    quick, conservative start (mean absolute deviation ≈ 0.80 σ against MAD ≈ 0.67 σ for normal
-    noise, so ``d`` starts high and early flags are fewer, not more);
+  - a *repeat* (``x == prev_x``, the comparison STUCK makes) is judged like any reading but never
+    learnt, in warm-up or after: a frozen signal says nothing about the spread, and each sign step
+    would shrink ``d`` by ``1 - eta`` (300 s stuck took ``d`` to its floor, and ordinary noise was
+    then flagged for hours). Quantised sensors repeat often and lose nothing by it: a repeat carries
+    no new information about where the median or the MAD is;
+  - warm-up (first ``spike_warmup`` learnt readings; not judged, ``robust_z`` NaN): ``m`` is the
+    running mean (``m += e / (n + 1)``) and ``d`` the running mean of ``a`` (``d += (a - d) / n``),
+    a quick, conservative start (mean absolute deviation ≈ 0.80 σ against MAD ≈ 0.67 σ for normal
+    noise, so ``d`` starts high and early flags are fewer, not more). Repeats do not count towards
+    it, so a sensor frozen from its first reading does not finish warm-up with ``d`` at the floor;
   - after warm-up: ``robust_z = e / (1.4826 d)``; SPIKE when ``a > spike_k · 1.4826 d``;
   - an unflagged reading moves both by Robbins–Monro sign steps of size ``step = spike_eta · d``:
     ``m ± step`` towards ``x`` (the fixed point of E[sign(x - m)] = 0 is the median) and
@@ -36,14 +42,23 @@ Semantics, per sensor, readings in arrival order; rows with ``SKIP`` bits are ig
     *excursion* on its side of ``m`` (``spike_side``). While it is open, unflagged readings on the
     same side are not learnt either (otherwise a level change just under the limit would inflate
     ``d`` by ``1 + eta`` per reading and hide itself); the first reading on the other side (or at
-    ``m``) closes it and is learnt as usual. ``spike_accept`` flags within one excursion mean a
-    level change: the ``spike_accept``-th is still flagged, then ``m`` becomes the mean of the
-    excursion's flagged readings (``spike_sum / spike_run``) and ``d`` is kept (a level change is
-    not a noise change). A clean step is thus flagged exactly ``spike_accept`` times, a step near
-    the limit a few readings longer. ``spike_accept = 0`` never accepts;
-  - after every update ``d >= max(spike_min_mad, 1e-9 |m| + 1e-12)``, so a constant signal keeps
-    a positive scale and ``robust_z`` is always finite-defined. Set ``spike_min_mad`` to about the
-    sensor's resolution for quantised sensors, or they spike on every step.
+    ``m``) closes it and is learnt as usual. The excursion counts its flags (``spike_run``), its
+    readings flagged or not (``spike_len``) and their sum (``spike_sum``). It is a level change,
+    accepted, when it reaches ``spike_accept`` flags or ``2 · spike_accept`` readings: ``m``
+    becomes the mean of its readings (``spike_sum / spike_len``) and ``d`` is kept (a level change
+    is not a noise change). A clean step is thus flagged exactly ``spike_accept`` times. The
+    length limit is for a step just under the limit, flagged only now and then (typically the
+    return after a drift, which inflated ``d``): counting flags alone held learning back, and let
+    in-control noise be flagged, for minutes; ``2 · spike_accept`` readings in a row on one side
+    are themselves the evidence (chance ``2^(1 - 2 · spike_accept)`` after an isolated spike).
+    ``spike_accept = 0`` never accepts;
+  - after every update ``d >= max(spike_min_mad, spike_q, 1e-9 |m| + 1e-12)``, so a constant
+    signal keeps a positive scale and ``robust_z`` is always finite-defined. ``spike_q`` is the
+    sensor's resolution as seen: the smallest positive ``|x - prev_x|`` so far (``inf``, no floor,
+    until a step was seen; it only shrinks, so a ``d`` stored earlier obeys the later floor too).
+    A signal quantised to steps ``q`` thus never calls a one-step change a spike, without
+    configuration (``spike_min_mad`` still sets a floor by hand). On a continuous signal the
+    smallest step soon falls far below the noise and the floor does nothing.
 
   The three implementations do these floating-point operations in the same order, so they agree
   bit for bit, not only to a tolerance.
@@ -58,7 +73,7 @@ Semantics, per sensor, readings in arrival order; rows with ``SKIP`` bits are ig
   interval restarts from the last ``dt`` (0 = never). ``dt <= 0`` is not judged (``gap_s`` NaN).
 
 ``rebaseline`` restarts the spike warm-up (a new lot or setpoint moves the level, not the sensor);
-rate, stuck and gap state describe the sensor and are kept.
+rate, stuck and gap state and the resolution ``spike_q`` describe the sensor and are kept.
 """
 
 from __future__ import annotations
@@ -106,8 +121,10 @@ STATE = (
     Field("spike_d", np.float64, 0.0),  # running MAD estimate (unscaled)
     Field("spike_n", np.int64, 0),  # readings learnt; < spike_warmup = warming up
     Field("spike_run", np.int64, 0),  # SPIKE readings in the open excursion
+    Field("spike_len", np.int64, 0),  # readings in the open excursion, flagged or not
     Field("spike_sum", np.float64, 0.0),  # sum of their values (the new level if accepted)
     Field("spike_side", np.int64, 0),  # side of the open excursion: +1 above m, -1 below, 0 none
+    Field("spike_q", np.float64, math.inf),  # smallest positive |x - prev_x| seen: the resolution; inf = none yet
     Field("last_ts", np.int64, NEVER),  # newest source time heard; read by stale()
     Field("gap_interval_ns", np.float64, 0.0),  # learnt reporting interval; read via expected_interval_ns()
     Field("gap_n", np.int64, 0),  # intervals learnt
@@ -120,8 +137,8 @@ SCORES = ("robust_z", "gap_s")
 def robust_kernel(idx, ts, values, flags, robust_z, gap_s,
                   max_rate, spike_k, spike_warmup, spike_eta, spike_accept, spike_min_mad, stuck_n,
                   max_interval_ns, gap_factor, gap_warmup, gap_alpha, gap_accept,
-                  prev_x, prev_ts, stuck_run, spike_m, spike_d, spike_n, spike_run, spike_sum, spike_side,
-                  last_ts, gap_interval_ns, gap_n, gap_run):
+                  prev_x, prev_ts, stuck_run, spike_m, spike_d, spike_n, spike_run, spike_len, spike_sum,
+                  spike_side, spike_q, last_ts, gap_interval_ns, gap_n, gap_run):
     """RATE, SPIKE, STUCK and GAP for one batch in arrival order (semantics: module docstring)."""
     for i in range(idx.shape[0]):
         robust_z[i] = np.nan
@@ -138,10 +155,14 @@ def robust_kernel(idx, ts, values, flags, robust_z, gap_s,
             dt = t - prev_ts[s]
             if dt > 0 and abs(x - prev_x[s]) / (float(dt) / NS) > max_rate[s]:
                 f |= RATE
-        if x == prev_x[s]:
+        repeat = x == prev_x[s]
+        if repeat:
             stuck_run[s] += 1
         else:
             stuck_run[s] = 1
+        step_x = abs(x - prev_x[s])  # NaN before the first reading: never below spike_q
+        if step_x > 0.0 and step_x < spike_q[s]:
+            spike_q[s] = step_x
         if stuck_n[s] > 0 and stuck_run[s] >= stuck_n[s]:
             f |= STUCK
         prev_x[s] = x
@@ -160,50 +181,75 @@ def robust_kernel(idx, ts, values, flags, robust_z, gap_s,
             e = x - m
             a = abs(e)
             if n < spike_warmup[s]:
-                m = m + e / (n + 1)
-                d = d + (a - d) / n
-                spike_n[s] = n + 1
+                if repeat:
+                    learnt = False
+                else:
+                    m = m + e / (n + 1)
+                    d = d + (a - d) / n
+                    spike_n[s] = n + 1
             else:
                 sc = MAD_SCALE * d
                 robust_z[i] = e / sc
                 side = 1 if e > 0.0 else (-1 if e < 0.0 else 0)
+                acc = spike_accept[s]
                 if a > spike_k[s] * sc:
                     f |= SPIKE
                     learnt = False
                     if side == spike_side[s]:
                         r = spike_run[s] + 1
+                        ln = spike_len[s] + 1
                         tot = spike_sum[s] + x
                     else:
                         r = 1
+                        ln = 1
                         tot = x
-                    if spike_accept[s] > 0 and r >= spike_accept[s]:
-                        m = tot / r
+                    if acc > 0 and (r >= acc or ln >= 2 * acc):
+                        m = tot / ln
                         learnt = True
                         r = 0
+                        ln = 0
                         tot = 0.0
                         side = 0
                     spike_run[s] = r
+                    spike_len[s] = ln
                     spike_sum[s] = tot
                     spike_side[s] = side
                 elif spike_side[s] != 0 and side == spike_side[s]:
                     learnt = False
+                    ln = spike_len[s] + 1
+                    tot = spike_sum[s] + x
+                    if acc > 0 and ln >= 2 * acc:
+                        m = tot / ln
+                        learnt = True
+                        spike_run[s] = 0
+                        spike_len[s] = 0
+                        spike_sum[s] = 0.0
+                        spike_side[s] = 0
+                    else:
+                        spike_len[s] = ln
+                        spike_sum[s] = tot
                 else:
                     spike_run[s] = 0
+                    spike_len[s] = 0
                     spike_sum[s] = 0.0
                     spike_side[s] = 0
-                    step = spike_eta[s] * d
-                    if e > 0.0:
-                        m = m + step
-                    elif e < 0.0:
-                        m = m - step
-                    if a > d:
-                        d = d + step
+                    if repeat:
+                        learnt = False
                     else:
-                        d = d - step
-                    spike_n[s] = n + 1
+                        step = spike_eta[s] * d
+                        if e > 0.0:
+                            m = m + step
+                        elif e < 0.0:
+                            m = m - step
+                        if a > d:
+                            d = d + step
+                        else:
+                            d = d - step
+                        spike_n[s] = n + 1
         if learnt:
+            q = spike_q[s] if spike_q[s] < math.inf else 0.0
             spike_m[s] = m
-            spike_d[s] = max(d, max(spike_min_mad[s], MAD_REL_FLOOR * abs(m) + MAD_ABS_FLOOR))
+            spike_d[s] = max(d, max(max(spike_min_mad[s], q), MAD_REL_FLOOR * abs(m) + MAD_ABS_FLOOR))
 
         # GAP: silence since the newest source time heard.
         if last_ts[s] == NEVER:
@@ -304,6 +350,8 @@ def robust_vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags
     where_ = offset[k] + rank[seg]  # row → position in round-major order
     xr = np.empty(n_rows)
     xr[where_] = x
+    pxr = np.empty(n_rows)  # the previous value of each reading: repeats and the resolution for SPIKE
+    pxr[where_] = px
     tr = np.empty(n_rows, np.int64)
     tr[where_] = t
     zr = np.full(n_rows, np.nan)
@@ -314,7 +362,8 @@ def robust_vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags
     st = {f.name: state[f.name][sens] for f in STATE if f.name not in ("prev_x", "prev_ts", "stuck_run")}
     max_iv = p["max_interval_ns"]
     max_ivf = max_iv.astype(np.float64)
-    m_, d_, n_, run_, sum_, side_ = (st[f"spike_{v}"] for v in ("m", "d", "n", "run", "sum", "side"))
+    m_, d_, n_, run_, len_, sum_, side_, q_ = (st[f"spike_{v}"]
+                                               for v in ("m", "d", "n", "run", "len", "sum", "side", "q"))
     lt_, gi_, gn_, grun_ = st["last_ts"], st["gap_interval_ns"], st["gap_n"], st["gap_run"]
     r = 0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -322,9 +371,9 @@ def robust_vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags
             a_ = int(active[r])
             sl = slice(int(offset[r]), int(offset[r]) + a_)
             xs, tsr, fo = xr[sl], tr[sl], fr[sl]
-            _spike_round(xs, fo, zr[sl], m_[:a_], d_[:a_], n_[:a_], run_[:a_], sum_[:a_], side_[:a_],
-                         p["spike_k"][:a_], p["spike_warmup"][:a_], p["spike_eta"][:a_], p["spike_accept"][:a_],
-                         p["spike_min_mad"][:a_])
+            _spike_round(xs, pxr[sl], fo, zr[sl], m_[:a_], d_[:a_], n_[:a_], run_[:a_], len_[:a_], sum_[:a_],
+                         side_[:a_], q_[:a_], p["spike_k"][:a_], p["spike_warmup"][:a_], p["spike_eta"][:a_],
+                         p["spike_accept"][:a_], p["spike_min_mad"][:a_])
             _gap_round(tsr, fo, gr[sl], lt_[:a_], gi_[:a_], gn_[:a_], grun_[:a_], max_iv[:a_], max_ivf[:a_],
                        p["gap_factor"][:a_], p["gap_warmup"][:a_], p["gap_alpha"][:a_], p["gap_accept"][:a_])
             r += 1
@@ -333,8 +382,8 @@ def robust_vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags
         jr = np.empty(n_rows, np.int64)
         jr[where_] = rank[seg]
         sl = slice(int(offset[r]), n_rows)
-        _spike_gap_tail(jr[sl], tr[sl], xr[sl], fr[sl], zr[sl], gr[sl], {n: v[:a_] for n, v in p.items()},
-                        {n: v[:a_] for n, v in st.items()})
+        _spike_gap_tail(jr[sl], tr[sl], xr[sl], pxr[sl][:a_], fr[sl], zr[sl], gr[sl],
+                        {n: v[:a_] for n, v in p.items()}, {n: v[:a_] for n, v in st.items()})
     for name, arr in st.items():
         state[name][sens] = arr
     out |= fr[where_]
@@ -343,12 +392,14 @@ def robust_vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags
     gap_s[rows] = gr[where_]
 
 
-def _spike_gap_tail(j, t, x, fo, z, gs, p, st) -> None:
+def _spike_gap_tail(j, t, x, px0, fo, z, gs, p, st) -> None:
     """SPIKE and GAP for the rows left when fewer than ``tail`` sensors are still active.
 
     Below a few dozen sensors a round costs more in NumPy call overhead than a plain loop over
     its readings, so the rest goes through the reference (the same arithmetic), with RATE and
-    STUCK turned off there because they were already judged for the whole batch.
+    STUCK turned off there because they were already judged for the whole batch. ``px0`` is each
+    remaining sensor's value before its first remaining row (ranks in order): SPIKE needs it for
+    repeats and the resolution ``spike_q``.
     """
     n = len(j)
     flags = [0] * n
@@ -358,7 +409,7 @@ def _spike_gap_tail(j, t, x, fo, z, gs, p, st) -> None:
     params["stuck_n"] = [0] * len(params["stuck_n"])
     state = {name: v.tolist() for name, v in st.items()}
     a = len(params["max_rate"])
-    state.update(prev_x=[math.nan] * a, prev_ts=[int(NEVER)] * a, stuck_run=[0] * a)
+    state.update(prev_x=px0.tolist(), prev_ts=[int(NEVER)] * a, stuck_run=[0] * a)
     robust_reference(j.tolist(), t.tolist(), x.tolist(), flags, scores, params, state)
     fo |= np.array(flags, np.uint32)
     z[:] = scores["robust_z"]
@@ -367,24 +418,32 @@ def _spike_gap_tail(j, t, x, fo, z, gs, p, st) -> None:
         v[:] = state[name]
 
 
-def _spike_round(x, fo, z, m, d, n, run, tot, side_now, k, warm_n, eta, accept, min_mad) -> None:
-    """One round of SPIKE for a prefix of sensors; state slices are updated in place."""
+def _spike_round(x, px, fo, z, m, d, n, run, ln, tot, side_now, q, k, warm_n, eta, accept, min_mad) -> None:
+    """One round of SPIKE for a prefix of sensors (``px``: each reading's previous value); state slices
+    are updated in place."""
+    rep = x == px
+    step_x = np.abs(x - px)
+    q[:] = np.where((step_x > 0.0) & (step_x < q), step_x, q)
     e = x - m
     a = np.abs(e)
     init = n == 0
     judged = (n >= warm_n) & ~init
-    warm = ~init & ~judged
+    warm = ~init & ~judged & ~rep
     sc = MAD_SCALE * d
     z[:] = np.where(judged, e / sc, np.nan)
     spike = judged & (a > k * sc)
     side = np.sign(e).astype(np.int64)
-    wait = judged & ~spike & (side_now != 0) & (side == side_now)
-    learn = judged & ~spike & ~wait
     same = side == side_now
+    wait = judged & ~spike & (side_now != 0) & same
+    close = judged & ~spike & ~wait  # ends any excursion
+    learn = close & ~rep
     run_new = np.where(same, run + 1, 1)
+    len_new = np.where(same, ln + 1, 1)
     tot_new = np.where(same, tot + x, x)
-    acc = spike & (accept > 0) & (run_new >= accept)
+    long_ = (accept > 0) & (len_new >= 2 * accept)
+    acc = (spike & (accept > 0) & (run_new >= accept)) | ((spike | wait) & long_)
     held = spike & ~acc
+    hold = wait & ~acc
     step = eta * d
     m_new = np.where(learn, m + step * np.sign(e), m)
     d_new = np.where(learn, d + np.where(a > d, step, -step), d)
@@ -396,15 +455,16 @@ def _spike_round(x, fo, z, m, d, n, run, tot, side_now, k, warm_n, eta, accept, 
         m_new[init] = x[init]
         d_new[init] = 0.0
     if acc.any():
-        m_new[acc] = tot_new[acc] / run_new[acc]
-    upd = ~(held | wait)
-    lo = np.maximum(min_mad, MAD_REL_FLOOR * np.abs(m_new) + MAD_ABS_FLOOR)
+        m_new[acc] = tot_new[acc] / len_new[acc]
+    upd = init | warm | learn | acc
+    lo = np.maximum(np.maximum(min_mad, np.where(q < math.inf, q, 0.0)), MAD_REL_FLOOR * np.abs(m_new) + MAD_ABS_FLOOR)
     m[:] = np.where(upd, m_new, m)
     d[:] = np.where(upd, np.maximum(d_new, lo), d)
     n += init | warm | learn
-    run[:] = np.where(held, run_new, np.where(wait, run, 0))
-    tot[:] = np.where(held, tot_new, np.where(wait, tot, 0.0))
-    side_now[:] = np.where(held, side, np.where(wait, side_now, 0))
+    run[:] = np.where(held, run_new, np.where(hold, run, 0))
+    ln[:] = np.where(held | hold, len_new, 0)
+    tot[:] = np.where(held | hold, tot_new, 0.0)
+    side_now[:] = np.where(held, side, np.where(hold, side_now, 0))
     fo |= np.where(spike, SPIKE, np.uint32(0))
 
 
@@ -466,5 +526,5 @@ FAMILY = RuleFamily(
     kernel=robust_kernel,
     reference=robust_reference,
     vectorised=robust_vectorised,
-    rebaseline={"spike_n": 0, "spike_run": 0, "spike_sum": 0.0, "spike_side": 0},
+    rebaseline={"spike_n": 0, "spike_run": 0, "spike_len": 0, "spike_sum": 0.0, "spike_side": 0},
 )

@@ -5,6 +5,9 @@ documented in ``robust.py``; the arithmetic here is written in the same order on
 ``check_family`` can demand agreement to the last bit. The constants are spelt out again rather
 than imported (``robust.py`` imports this module), and a drift between the two shows up as a
 disagreement in the tests.
+
+The reference also serves ``robust_vectorised``'s scalar tail, which turns RATE and STUCK off and
+passes each sensor's previous value in ``prev_x``: SPIKE reads it for repeats and ``spike_q``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,13 @@ def robust_reference(idx: list[int], ts: list[int], values: list[float], flags: 
             if dt > 0 and abs(x - st["prev_x"][s]) / (float(dt) / _NS) > p["max_rate"][s]:
                 f |= Flag.RATE
 
-        # STUCK: the run of identical values, this one included.
-        st["stuck_run"][s] = st["stuck_run"][s] + 1 if x == st["prev_x"][s] else 1
+        # STUCK: the run of identical values, this one included. The same comparison keeps a frozen
+        # value out of the spike median/MAD, and the smallest step seen is the sensor's resolution.
+        repeat = x == st["prev_x"][s]
+        st["stuck_run"][s] = st["stuck_run"][s] + 1 if repeat else 1
+        step_x = abs(x - st["prev_x"][s])  # NaN before the first reading: never below spike_q
+        if step_x > 0.0 and step_x < st["spike_q"][s]:
+            st["spike_q"][s] = step_x
         if p["stuck_n"][s] > 0 and st["stuck_run"][s] >= p["stuck_n"][s]:
             f |= Flag.STUCK
         st["prev_x"][s] = x
@@ -55,39 +63,56 @@ def robust_reference(idx: list[int], ts: list[int], values: list[float], flags: 
             e = x - m
             a = abs(e)
             if n < p["spike_warmup"][s]:  # warm-up: running mean and mean absolute deviation
-                m = m + e / (n + 1)
-                d = d + (a - d) / n
-                st["spike_n"][s] = n + 1
+                if repeat:
+                    learnt = False  # a repeated value says nothing about the spread
+                else:
+                    m = m + e / (n + 1)
+                    d = d + (a - d) / n
+                    st["spike_n"][s] = n + 1
             else:
                 sc = _MAD_SCALE * d
                 scores["robust_z"][i] = e / sc
                 side = 1 if e > 0.0 else (-1 if e < 0.0 else 0)
+                accept = p["spike_accept"][s]
                 if a > p["spike_k"][s] * sc:
                     f |= Flag.SPIKE
                     learnt = False  # a spike does not move the baseline ...
                     if side == st["spike_side"][s]:  # the excursion goes on
-                        run, total = st["spike_run"][s] + 1, st["spike_sum"][s] + x
+                        run, length = st["spike_run"][s] + 1, st["spike_len"][s] + 1
+                        total = st["spike_sum"][s] + x
                     else:  # a new excursion, on this side
-                        run, total = 1, x
-                    if p["spike_accept"][s] > 0 and run >= p["spike_accept"][s]:
-                        m = total / run  # ... unless it lasts: the mean of its spikes is the new level
+                        run, length, total = 1, 1, x
+                    if accept > 0 and (run >= accept or length >= 2 * accept):
+                        m = total / length  # ... unless it lasts: the mean of its readings is the new level
                         learnt = True
-                        run, total, side = 0, 0.0, 0
-                    st["spike_run"][s], st["spike_sum"][s], st["spike_side"][s] = run, total, side
+                        run, length, total, side = 0, 0, 0.0, 0
+                    st["spike_run"][s], st["spike_len"][s] = run, length
+                    st["spike_sum"][s], st["spike_side"][s] = total, side
                 elif st["spike_side"][s] != 0 and side == st["spike_side"][s]:
                     learnt = False  # an excursion is open on this side: a level change may be under way
-                else:  # sign steps towards the median and the MAD; any excursion is over
-                    st["spike_run"][s], st["spike_sum"][s], st["spike_side"][s] = 0, 0.0, 0
-                    step = p["spike_eta"][s] * d
-                    if e > 0.0:
-                        m = m + step
-                    elif e < 0.0:
-                        m = m - step
-                    d = d + step if a > d else d - step
-                    st["spike_n"][s] = n + 1
+                    length, total = st["spike_len"][s] + 1, st["spike_sum"][s] + x
+                    if accept > 0 and length >= 2 * accept:  # so long on one side: it is one, just under the limit
+                        m = total / length
+                        learnt = True
+                        st["spike_run"][s], st["spike_len"][s], st["spike_sum"][s], st["spike_side"][s] = 0, 0, 0.0, 0
+                    else:
+                        st["spike_len"][s], st["spike_sum"][s] = length, total
+                else:  # any excursion is over; sign steps towards the median and the MAD
+                    st["spike_run"][s], st["spike_len"][s], st["spike_sum"][s], st["spike_side"][s] = 0, 0, 0.0, 0
+                    if repeat:
+                        learnt = False  # a frozen value would only shrink d, step after step
+                    else:
+                        step = p["spike_eta"][s] * d
+                        if e > 0.0:
+                            m = m + step
+                        elif e < 0.0:
+                            m = m - step
+                        d = d + step if a > d else d - step
+                        st["spike_n"][s] = n + 1
         if learnt:
             st["spike_m"][s] = m
-            st["spike_d"][s] = max(d, max(p["spike_min_mad"][s], _MAD_REL_FLOOR * abs(m) + _MAD_ABS_FLOOR))
+            q = st["spike_q"][s] if st["spike_q"][s] < math.inf else 0.0  # resolution, once a step was seen
+            st["spike_d"][s] = max(d, max(max(p["spike_min_mad"][s], q), _MAD_REL_FLOOR * abs(m) + _MAD_ABS_FLOOR))
 
         # GAP: silence since the newest source time heard (never moves backwards).
         if st["last_ts"][s] == _NEVER:

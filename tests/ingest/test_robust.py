@@ -161,6 +161,82 @@ def test_level_step_is_flagged_for_spike_accept_readings_then_accepted(sigmas: f
     assert abs(state["spike_m"][0] - (10.0 + sigmas * sd)) < 2 * sd
 
 
+def test_noise_after_a_stuck_stretch_raises_no_spike() -> None:
+    """300 s frozen at one value teach nothing about the spread, so ordinary noise afterwards is no spike."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.normal(50.0, 0.4, 600), np.full(300, 50.1), rng.normal(50.0, 0.4, 3000)])
+    flags, _, state = _run(_stream(x))
+    assert not _has(flags, Flag.SPIKE).any()
+    assert 0.8 < 1.4826 * state["spike_d"][0] / 0.4 < 1.25
+
+
+def test_stuck_from_the_first_reading_then_noise_raises_no_spike() -> None:
+    """A sensor frozen through its warm-up does not end it with a zero spread either."""
+    rng = np.random.default_rng(12)
+    x = np.concatenate([np.full(300, 7.0), rng.normal(7.0, 0.2, 3000)])
+    flags, _, _ = _run(_stream(x))
+    assert not _has(flags, Flag.SPIKE).any()
+
+
+def test_quantised_signal_raises_no_spike_and_learns_its_resolution() -> None:
+    """Steps of 0.1 with sd 0.05: most readings repeat and a one-step change is the noise, not a spike."""
+    x = np.round(np.random.default_rng(13).normal(20.0, 0.05, 20_000), 1)
+    flags, _, state = _run(_stream(x))
+    assert not _has(flags, Flag.SPIKE).any()
+    assert state["spike_q"][0] == pytest.approx(0.1)
+    assert state["spike_d"][0] >= state["spike_q"][0]
+
+
+def test_10_sigma_spike_on_a_quantised_signal_is_still_flagged() -> None:
+    sd = 0.5
+    x = np.round(np.random.default_rng(14).normal(100.0, sd, 1000), 1)
+    x[700] = 100.0 + 10 * sd
+    flags, scores, _ = _run(_stream(x))
+    assert np.flatnonzero(_has(flags, Flag.SPIKE)).tolist() == [700]
+    assert abs(scores["robust_z"][701]) < 3.0  # the baseline did not follow the spike
+
+
+def test_10_sigma_spike_right_after_a_stuck_stretch_is_flagged() -> None:
+    sd = 0.3
+    rng = np.random.default_rng(15)
+    x = np.concatenate([rng.normal(10.0, sd, 500), np.full(300, 10.0), rng.normal(10.0, sd, 200)])
+    x[805] = 10.0 - 10 * sd
+    flags, _, _ = _run(_stream(x))
+    assert np.flatnonzero(_has(flags, Flag.SPIKE)).tolist() == [805]
+
+
+def test_repeated_value_is_judged_but_not_learnt() -> None:
+    x = np.random.default_rng(16).normal(0.0, 1.0, 200)
+    _, _, before = _run(_stream(x))
+    _, scores, after = _run(_stream(np.append(x, [x[-1]] * 50)))
+    for name in ("spike_m", "spike_d", "spike_n"):
+        assert after[name][0] == before[name][0]
+    assert np.isfinite(scores["robust_z"][200:]).all()  # still judged
+
+
+def test_step_just_under_the_limit_is_accepted_after_2_spike_accept_readings() -> None:
+    """A level change flagged only now and then must not hold learning back until spike_accept flags."""
+    sd = 0.5
+    x = np.random.default_rng(17).normal(0.0, sd, 1000)
+    _, _, st0 = _run(_stream(x[:400]))
+    limit = 6.0 * 1.4826 * st0["spike_d"][0]
+    x[400] = -1.2 * limit  # one flag opens the excursion on the low side
+    x[401:] -= 0.9 * limit  # ... and the new level is just under the limit
+    flags, _, state = _run(_stream(x))
+    spikes = np.flatnonzero(_has(flags, Flag.SPIKE))
+    assert spikes[0] == 400 and spikes[-1] < 420 and len(spikes) < 10
+    assert abs(state["spike_m"][0] + 0.9 * limit) < 2 * sd  # the new level was learnt
+    assert state["spike_side"][0] == 0
+
+
+@given(b=batches(n_sensors=st.integers(1, 3), size=st.integers(50, 300),
+                 value=st.integers(-4, 4).map(lambda v: 0.25 * v)), tail=st.sampled_from([0, 2]))
+def test_agreement_on_quantised_streams(b: Batch, tail: int) -> None:
+    """Few distinct values: repeats, the resolution floor and excursions on both sides at every turn."""
+    params = _params(b.n_sensors, spike_warmup=5, spike_k=2.0, spike_accept=3, stuck_n=3)
+    check_family(VARIANTS[tail], b, params)
+
+
 def test_stuck_fires_at_exactly_the_nth_identical_reading() -> None:
     x = np.array([1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 4.0, 4.0, 4.0])
     flags, _, state = _run(_stream(x), stuck_n=4)
