@@ -48,7 +48,36 @@ CUSUM (Montgomery's tabular form, in sigma units): ``cusum_hi = max(0, cusum_hi 
 ``cusum_lo > h``. The sums are not reset after a signal, so the flag stays on while the shift lasts;
 the detector's rebaseline zeroes them. ``cusum_h = inf`` disables the alarms (and so does 0,
 a negative value or NaN, rather than alarming on every reading); the sums and the ``cusum`` score
-still run. Scores: ``spc_z`` = z and ``cusum`` = max(cusum_hi, cusum_lo) after the reading.
+still run.
+
+Capped CUSUM (``cusum_cap``, in units of h, default 2): after a reading has been judged, each sum
+carries at most ``cusum_cap * h`` into the next one. Why: an uncapped sum remembers the whole size of
+a fault, not only that there was one. During a two-minute 3σ shift ``cusum_hi`` climbs to ~300; once
+the process is back it falls by only about k = 0.5 a reading, so the alarm outlived every fault by
+~10 minutes at 1 Hz and swallowed the next one. Capped, the sum is at most ``cusum_cap * h`` when the
+shift ends and the flag clears within about ``(cusum_cap - 1) * h / k`` in-control readings (20 with
+h = 10, k = 0.5, cap 2). This is the upper-barrier ("capped" or "winsorised sum") form of the CUSUM,
+a cousin of reset-on-signal schemes: ``cusum_cap = 1`` holds the sum at h after each signal, so
+the flag stays on only while readings keep exceeding k. A cap between 0 and 1 counts as 1: a limit
+below h would clip the sums on their way up and delay or suppress the signal. So the cap never
+bites before a sum has passed h, and the sums are judged against h *before* it: it never delays a
+signal. The ``cusum`` score is the same uncapped value the alarm was judged on (``cusum > h``
+exactly when flagged, where alarms are on); the state holds the capped sums. No cap unless
+``cusum_cap`` and h are positive and their product finite: 0, NaN, ±inf or a negative cap mean
+"uncapped", and with the alarms off (h = inf, 0, NaN) there is nothing to cap against.
+
+Release (with the alarms on): a sum that was above h and is at or below h after a reading restarts
+at 0; the flag has just cleared, the process is taken as in control again. Why: left where it was,
+the sum sits just under h, a head start of h (Lucas and Crosier's "fast initial response", which is
+meant for a process suspected *out* of control), so in-control noise pushes it back over within a
+few readings: on simulated 3σ faults of 120 readings about 30% of the alarms came back within 100
+readings of clearing, a chatter of short false episodes after each fault. Restarting at 0 is the
+classic restart-after-signal of Page's scheme, applied when the evidence is gone rather than when
+it first appears: it cannot delay a first signal (no sum was above h before it), and during a
+sustained shift the sum rides near the cap, far from h. With a cap of exactly 1 the sum sits at h,
+not above it, so it is never released this way.
+
+Scores: ``spc_z`` = z and ``cusum`` = max(cusum_hi, cusum_lo) of the reading (before the cap).
 
 Three implementations agree exactly on flags (``tests/ingest/test_spc.py``): the Numba ``kernel``,
 ``spc_reference.reference`` (plain Python) and ``vectorised`` (NumPy, in rounds across sensors).
@@ -80,6 +109,7 @@ PARAMS = (
     Field("rules", np.uint32, NELSON_ALL),  # which NELSON_* bits may be set
     Field("cusum_k", np.float64, 0.5),  # allowance, in sigmas (half the shift to detect)
     Field("cusum_h", np.float64, 5.0),  # decision interval, in sigmas; inf disables
+    Field("cusum_cap", np.float64, 2.0),  # sums carried at most cusum_cap * cusum_h; 0, NaN or inf: no cap
 )
 STATE = (
     Field("n", np.int64, 0),  # phase-I readings seen
@@ -110,7 +140,20 @@ def _ones5(m):
 
 
 @njit(cache=True, nogil=True)
-def kernel(idx, ts, values, flags, spc_z, cusum, centre, sigma, phase1_n, rules, cusum_k, cusum_h,
+def _cap_limit(cap, h):
+    """The most a sum may carry into the next reading: ``max(cap, 1) * h``, or inf where there is no cap.
+
+    No cap unless both factors are positive and the product finite: 0 and NaN mean "off", an
+    infinite ``h`` (alarms off) leaves nothing to cap against, and a zero or negative limit would
+    clamp the sums to nothing. ``vectorised`` and ``spc_reference`` spell out the same test and the
+    same single multiplication, so the capped sums agree bit for bit.
+    """
+    lim = max(cap, 1.0) * h
+    return lim if cap > 0.0 and h > 0.0 and lim < math.inf else math.inf
+
+
+@njit(cache=True, nogil=True)
+def kernel(idx, ts, values, flags, spc_z, cusum, centre, sigma, phase1_n, rules, cusum_k, cusum_h, cusum_cap,
            n, mean, m2, c0, s0, prev, direction, trend, alt, side, above2, below2, above1, below1, inner, outer,
            cusum_hi, cusum_lo):
     """Nelson rules 1–8 and the tabular CUSUM over one batch, updating the state in place.
@@ -190,16 +233,23 @@ def kernel(idx, ts, values, flags, spc_z, cusum, centre, sigma, phase1_n, rules,
                       | np.int64(inn >= 15) * N7 | np.int64(out >= 8) * N8)
             kk = cusum_k[s]
             h = cusum_h[s]
-            v = cusum_hi[s] + z - kk
+            old_hi = cusum_hi[s]
+            old_lo = cusum_lo[s]
+            v = old_hi + z - kk
             hi = v if v > 0.0 else 0.0
-            v = cusum_lo[s] - z - kk
+            v = old_lo - z - kk
             lo = v if v > 0.0 else 0.0
-            cusum_hi[s] = hi
-            cusum_lo[s] = lo
             on = np.int64(h > 0.0)
             cfound = (on & np.int64(hi > h)) * CUSUM_HIGH | (on & np.int64(lo > h)) * CUSUM_LOW
             spc_z[i] = z
             cusum[i] = max(hi, lo)
+            # Judged above, capped now: the cap shortens the memory of a fault, never the signal.
+            lim = _cap_limit(cusum_cap[s], h)
+            hi_next = hi if hi <= lim else lim
+            lo_next = lo if lo <= lim else lim
+            # Released (was above h, is not now): in control again, the sum restarts from nothing.
+            cusum_hi[s] = 0.0 if h > 0.0 and old_hi > h and hi <= h else hi_next
+            cusum_lo[s] = 0.0 if h > 0.0 and old_lo > h and lo <= h else lo_next
         flags[i] = flags[i] | np.uint32((found & rules[s]) | cfound)
 
 
@@ -264,6 +314,9 @@ def vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags: np.nd
     rules = p["rules"].astype(np.int64)
     kk, h = p["cusum_k"], p["cusum_h"]
     alarms = h > 0.0
+    with np.errstate(invalid="ignore"):  # 0 * inf and NaN caps: no cap, as in _cap_limit
+        cap = np.maximum(p["cusum_cap"], 1.0) * h
+        cap = np.where((p["cusum_cap"] > 0.0) & alarms & (cap < np.inf), cap, np.inf)
     n, mean, m2, c0, s0 = st["n"], st["mean"], st["m2"], st["c0"], st["s0"]
     prev, direction, trend, alt, side = st["prev"], st["direction"], st["trend"], st["alt"], st["side"]
     above2, below2, above1, below1 = st["above2"], st["below2"], st["above1"], st["below1"]
@@ -349,13 +402,16 @@ def vectorised(idx: np.ndarray, ts: np.ndarray, values: np.ndarray, flags: np.nd
             f |= (inn >= 15) * np.int64(N7)
             f |= (out >= 8) * np.int64(N8)
             ksel = kk[sel]
-            v = hi[sel] + z - ksel
+            old_hi, old_lo = hi[sel], lo[sel]
+            v = old_hi + z - ksel
             hs = np.where(v > 0.0, v, 0.0)
-            v = lo[sel] - z - ksel
+            v = old_lo - z - ksel
             ls = np.where(v > 0.0, v, 0.0)
-            hi[sel], lo[sel] = hs, ls
             hsel, al_on = h[sel], alarms[sel]
             cf_ = ((al_on & (hs > hsel)) * np.int64(CUSUM_HIGH)) | ((al_on & (ls > hsel)) * np.int64(CUSUM_LOW))
+            lim = cap[sel]
+            hi[sel] = np.where(al_on & (old_hi > hsel) & (hs <= hsel), 0.0, np.minimum(hs, lim))
+            lo[sel] = np.where(al_on & (old_lo > hsel) & (ls <= hsel), 0.0, np.minimum(ls, lim))
             found[zs] |= f
             cfound[zs] = cf_
             zf[a:b][sel] = z

@@ -21,7 +21,7 @@ def _ones(m: int) -> int:
 
 def reference(idx: list[int], ts: list[int], values: list[float], flags: list[int], scores: dict[str, list[float]],
               params: dict[str, list], state: dict[str, list]) -> None:
-    """Nelson rules 1–8 and a two-sided tabular CUSUM, one reading at a time (see ``spc.py``)."""
+    """Nelson rules 1–8 and a two-sided, capped tabular CUSUM, one reading at a time (see ``spc.py``)."""
     p, st = params, state
     z_out, cusum_out = scores["spc_z"], scores["cusum"]
     for i, (s, x) in enumerate(zip(idx, values, strict=True)):
@@ -101,17 +101,26 @@ def reference(idx: list[int], ts: list[int], values: list[float], flags: list[in
             if st["outer"][s] >= 8:
                 found |= Flag.NELSON_8
 
+            # CUSUM: judge the new sums against h, then cap what they carry forward (see spc.py).
             k, h = p["cusum_k"][s], p["cusum_h"][s]
-            v = st["cusum_hi"][s] + z - k
+            old_hi, old_lo = st["cusum_hi"][s], st["cusum_lo"][s]
+            v = old_hi + z - k
             hi = v if v > 0 else 0.0
-            v = st["cusum_lo"][s] - z - k
+            v = old_lo - z - k
             lo = v if v > 0 else 0.0
-            st["cusum_hi"][s], st["cusum_lo"][s] = hi, lo
             if h > 0 and hi > h:
                 cusum_found |= Flag.CUSUM_HIGH
             if h > 0 and lo > h:
                 cusum_found |= Flag.CUSUM_LOW
             z_out[i] = z
             cusum_out[i] = max(hi, lo)
+            cap = p["cusum_cap"][s]
+            limit = max(cap, 1.0) * h if cap > 0 and h > 0 and math.isfinite(max(cap, 1.0) * h) else math.inf
+            st["cusum_hi"][s], st["cusum_lo"][s] = min(hi, limit), min(lo, limit)
+            # A sum that was above h and no longer is: released, in control again, start afresh.
+            if h > 0 and old_hi > h >= hi:
+                st["cusum_hi"][s] = 0.0
+            if h > 0 and old_lo > h >= lo:
+                st["cusum_lo"][s] = 0.0
 
         flags[i] = int(flags[i]) | (int(found) & int(p["rules"][s])) | int(cusum_found)

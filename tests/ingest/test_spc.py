@@ -43,6 +43,15 @@ SETTINGS = {
     "no_rules_cusum_off": {"phase1_n": 6, "rules": 0, "cusum_h": math.inf},
     "h_zero": {"centre": LEVEL, "sigma": 2.0, "cusum_h": 0.0},
     "sigma_zero": {"centre": LEVEL, "sigma": 0.0},
+    # The CUSUM cap, on tight settings so the small-integer noise keeps hitting it (and off, every way).
+    "cap_tight": {"centre": LEVEL, "sigma": 1.0, "cusum_k": 0.25, "cusum_h": 2.0, "cusum_cap": 1.5},
+    "cap_one": {"centre": LEVEL + 0.5, "sigma": 0.7, "cusum_k": 0.0, "cusum_h": 1.0, "cusum_cap": 1.0},
+    "cap_below_one": {"centre": LEVEL, "sigma": 1.0, "cusum_h": 3.0, "cusum_cap": 0.3},  # counts as 1
+    "cap_phase1": {"phase1_n": 5, "cusum_k": 0.1, "cusum_h": 1.0, "cusum_cap": 2.0},
+    "cap_off": {"centre": LEVEL, "sigma": 1.0, "cusum_h": 2.0, "cusum_cap": 0.0},
+    "cap_nan": {"centre": LEVEL, "sigma": 0.7, "cusum_h": 2.0, "cusum_cap": math.nan},
+    "cap_inf": {"phase1_n": 5, "cusum_h": 2.0, "cusum_cap": math.inf},
+    "cap_negative": {"centre": LEVEL, "sigma": 1.0, "cusum_h": 2.0, "cusum_cap": -1.0},
 }
 
 
@@ -56,7 +65,8 @@ def per_sensor_params(draw, n: int) -> dict[str, np.ndarray]:
         params["phase1_n"][s] = draw(st.sampled_from([0, 2, 5, 100]))
         params["rules"][s] = draw(st.sampled_from([NELSON_ALL, 0, int(Flag.NELSON_1 | Flag.NELSON_4)]))
         params["cusum_k"][s] = draw(st.sampled_from([0.5, 0.0, 1.0]))
-        params["cusum_h"][s] = draw(st.sampled_from([5.0, 1.0, math.inf]))
+        params["cusum_h"][s] = draw(st.sampled_from([5.0, 1.0, 0.0, math.inf]))
+        params["cusum_cap"][s] = draw(st.sampled_from([2.0, 1.0, 1.5, 0.5, 0.0, math.nan, math.inf]))
     return params
 
 
@@ -240,6 +250,95 @@ def test_cusum_raises_no_alarm_on_10000_in_control_readings():
     flags, _, _ = run_one(x)
     episodes = np.count_nonzero(np.diff((flags & np.uint32(Flag.CUSUM_HIGH | Flag.CUSUM_LOW)) != 0, prepend=0) > 0)
     assert 5 <= episodes <= 60
+
+
+def test_cusum_cap_lets_go_soon_after_a_shift_ends():
+    # 120 readings 3σ up: C+ climbs 2.5 a reading. Uncapped it reaches 300 and, falling 0.5 a reading,
+    # keeps CUSUM_HIGH on for ~580 readings after the shift; capped at 2h = 20 it is down to h after 20.
+    x = [0.0] * 50 + [3.0] * 120 + [0.0] * 700
+    end = 170
+    high = fired(x, Flag.CUSUM_HIGH, cusum_h=10.0, cusum_k=0.5, cusum_cap=2.0)
+    assert high[0] == 54 and high[-1] == end + 18  # C+ = 20 - 0.5 j after j in-control readings: 10.5 at j = 19
+    assert high == list(range(54, end + 19))
+    uncapped = fired(x, Flag.CUSUM_HIGH, cusum_h=10.0, cusum_k=0.5, cusum_cap=0.0)
+    assert uncapped[-1] == end + 578
+    _, scores, state = run_one(x[:end], cusum_h=10.0, cusum_k=0.5)  # default cap: 2
+    assert state["cusum_hi"][0] == 20.0 and scores["cusum"][end - 1] == 22.5  # the score is the judged sum
+    # With noise the fall from the cap to h is a random walk of drift -k: about 20 readings, give or take 9.
+    releases = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(0.0, 1.0, 800)
+        x[200:320] += 3.0
+        for sign, bit in ((1.0, Flag.CUSUM_HIGH), (-1.0, Flag.CUSUM_LOW)):
+            flags, _, _ = run_one(sign * x, cusum_h=10.0, cusum_k=0.5, cusum_cap=2.0)
+            on = (flags & np.uint32(bit)) != 0
+            assert on[200:210].any() and on[210:320].all(), seed
+            release = int(np.argmin(on[320:]))  # in-control readings until the flag is off
+            releases.append(release)
+            assert not on[320 + release:].any(), (seed, "the alarm came back after the fault")
+    assert np.median(releases) <= 25 and max(releases) <= 60
+
+
+def test_cusum_restarts_from_zero_when_released():
+    # The flag clears when the sum falls back to h; left there, in-control noise would push it over
+    # again within a few readings (chatter after every fault). Released, it starts afresh.
+    x = [0.0] * 5 + [3.0] * 10 + [0.0] * 30 + [0.8] * 30
+    flags, scores, state = run_one(x, cusum_h=5.0, cusum_k=0.5, cusum_cap=2.0)
+    high = np.flatnonzero(flags & np.uint32(Flag.CUSUM_HIGH)).tolist()
+    # C+ capped at 10 at the shift's end, then 9.5, 9.0, ... 5.5 (flagged), 5.0: released, restarts at 0;
+    # 0.3 a reading then needs 17 readings of 0.8 to pass h = 5 again.
+    assert high == list(range(7, 24)) + list(range(61, 75))
+    assert scores["cusum"][24] == 5.0 and scores["cusum"][25] == 0.0 and state["cusum_lo"][0] == 0.0
+
+
+def test_cusum_alarm_does_not_chatter_after_a_fault():
+    # Released at h instead of restarted, about 30% of these alarms came back within 100 readings.
+    back = 0
+    for seed in range(40):
+        x = np.random.default_rng(500 + seed).normal(0.0, 1.0, 700)
+        x[200:320] += 3.0
+        flags, _, _ = run_one(x, cusum_h=10.0, cusum_k=0.5)
+        on = (flags & np.uint32(Flag.CUSUM_HIGH)) != 0
+        off = 320 + int(np.argmin(on[320:]))
+        back += bool(on[off:off + 100].any())
+    assert back == 0
+
+
+@pytest.mark.parametrize("cap", [2.0, 1.5, 1.0, 0.5, 0.01])
+def test_cusum_cap_never_delays_the_first_signal(cap):
+    # Until the first signal the sums never exceeded h, and a cap is never below h (0.5 counts as 1),
+    # so it cannot have bitten; the reading that passes h is judged before it is capped.
+    for seed in range(30):
+        rng = np.random.default_rng(100 + seed)
+        shift = rng.choice([0.5, 1.0, 2.0, 5.0, 20.0]) * rng.choice([-1.0, 1.0])
+        x = rng.normal(0.0, 1.0, 1000)
+        x[100:] += shift
+        bits = np.uint32(Flag.CUSUM_HIGH | Flag.CUSUM_LOW)
+        capped, _, _ = run_one(x, cusum_h=10.0, cusum_k=0.5, cusum_cap=cap)
+        free, _, _ = run_one(x, cusum_h=10.0, cusum_k=0.5, cusum_cap=0.0)
+        first = np.flatnonzero(free & bits)[0]  # even a 0.5σ shift signals within 900 readings
+        assert np.flatnonzero(capped & bits)[0] == first
+        assert (capped[: first + 1] == free[: first + 1]).all()
+
+
+def test_cusum_cap_off_values_mean_no_cap():
+    x = [0.0] * 5 + [3.0] * 60
+    free = fired(x, Flag.CUSUM_HIGH, cusum_cap=math.inf)
+    assert free == list(range(7, 65))
+    for off in (0.0, math.nan, -2.0):
+        assert fired(x, Flag.CUSUM_HIGH, cusum_cap=off) == free
+    _, _, state = run_one(x, cusum_cap=0.0)
+    assert state["cusum_hi"][0] == 2.5 * 60
+    assert fired(x, Flag.CUSUM_HIGH, cusum_cap=0.3) == fired(x, Flag.CUSUM_HIGH, cusum_cap=1.0)  # below 1: 1
+    _, _, state = run_one(x, cusum_h=math.inf)  # alarms off: nothing to cap against, the sum still runs
+    assert state["cusum_hi"][0] == 2.5 * 60
+
+
+def test_cusum_cap_of_one_releases_as_soon_as_a_reading_is_below_k():
+    # Reset-on-signal: the sum restarts at h, so the flag stays only while each reading exceeds k.
+    x = [0.0] * 5 + [3.0] * 10 + [0.6, 0.7, 0.4, 3.0, 0.0]
+    assert fired(x, Flag.CUSUM_HIGH, cusum_cap=1.0) == [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18]
 
 
 def test_rebaseline_restarts_phase1_and_zeroes_runs():
