@@ -26,6 +26,7 @@ import json
 import platform
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +72,16 @@ def make_detector(config: DetectConfig, only: tuple[str, ...] | None = None) -> 
     return Detector(config, families=fams)
 
 
-def quality_config(scenario: Scenario) -> DetectConfig:
-    """What a user states about this plant: each product's cold-chain band. Nothing else is tuned."""
+def quality_config(scenario: Scenario, overrides: dict | None = None) -> DetectConfig:
+    """What a user states about this plant: each product's cold-chain band. Nothing else is tuned
+    (``--set`` overrides detection defaults, for exploring them)."""
     fields = SensorRule.model_fields
     rules = []
     for sh in shipments_of(scenario):
         lo, hi = sh.band
         r = {"match": f"coldchain/{sh.id}/*/temperature", "lsl": lo, "usl": hi, "band": (lo, hi)}
         rules.append(SensorRule.model_validate({k: v for k, v in r.items() if k in fields}))
-    return DetectConfig(sensors=tuple(rules))
+    return DetectConfig(**(overrides or {}), sensors=tuple(rules))
 
 
 def labels_of(labels_path: Path, prefix: str, first_fault: int) -> list[Label]:
@@ -116,14 +118,15 @@ def normal_changes(scenario: Scenario, ticks: int, prefix: str) -> list[NormalCh
 
 
 def run_seed(scenario: Scenario, seed: int, ticks: int, batch_rows: int, workdir: Path, mask: int,
-             only: tuple[str, ...] | None = None) -> tuple[list[AlarmEpisode], Path, dict]:
+             only: tuple[str, ...] | None = None,
+             overrides: dict | None = None) -> tuple[list[AlarmEpisode], Path, dict]:
     """Replay one seed, run the detector over it; returns its alarm episodes and the labels' path."""
     t0 = time.perf_counter()
     res = replay(scenario, seed, workdir / f"seed{seed}", ticks)
     t_replay = time.perf_counter() - t0
     table = pq.read_table(res.readings_path)
     table = table.take(pc.sort_indices(table, [("recv_ts", "ascending")]))  # arrival order (stable)
-    det = make_detector(quality_config(scenario), only)
+    det = make_detector(quality_config(scenario, overrides), only)
     stale = getattr(det, "stale", None)
     idx_parts, ts_parts, flag_parts = [], [], []
     t1 = time.perf_counter()
@@ -193,10 +196,13 @@ def main() -> None:
     ap.add_argument("--families", default=None,
                     help="comma-separated rule families to run (e.g. 'spc,robust'; 'none' = spec + EWMA only); "
                          "default: every family the detector has")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a [detect] default, e.g. --set ewma_z=6 (TOML value syntax)")
     ap.add_argument("--skab", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--skab-dir", type=Path, default=Path("/work/shared/data/skab"))
     ap.add_argument("--skab-k", type=float, default=3.0, help="spec limits at training mean ± k·sd")
     args = ap.parse_args()
+    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (x.split("=", 1) for x in args.set)}
     t_all = time.perf_counter()
     only = None if args.families is None else tuple(f for f in args.families.split(",") if f and f != "none")
     families = rule_families((f.name, int(f.value)) for f in Flag)
@@ -209,7 +215,8 @@ def main() -> None:
     timings = []
     with tempfile.TemporaryDirectory(prefix="qctrace-quality-") as tmp:
         for seed in range(1, args.seeds + 1):
-            e, labels_path, timing = run_seed(scenario, seed, args.ticks, args.batch, Path(tmp), mask, only)
+            e, labels_path, timing = run_seed(scenario, seed, args.ticks, args.batch, Path(tmp), mask, only,
+                                              overrides)
             prefix = f"s{seed}:"
             labels += labels_of(labels_path, prefix, len({lb.fault for lb in labels}))
             changes += normal_changes(scenario, args.ticks, prefix)
