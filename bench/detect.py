@@ -92,7 +92,8 @@ def run_numpy(det: Detector, idx, ts, values, quality) -> np.ndarray:
     flags = np.zeros(n, np.uint32)
     z = np.empty(n)
     spec_ewma_vectorised(idx, values, quality, c["lsl"], c["usl"], c["lam"], c["zlim"], c["warmup"], c["rebase"],
-                         np.zeros(m), np.zeros(m), np.zeros(m, np.int64), np.zeros(m, np.int64), flags, z)
+                         np.zeros(m), np.zeros(m), np.zeros(m, np.int64), np.zeros(m, np.int64), np.full(m, np.nan),
+                         flags, z)
     for fam in det.families:
         scores = {s: np.full(n, np.nan) for s in fam.scores}
         fam.vectorised(idx, ts, values, flags, scores, det.params[fam.name], fam.alloc(m)[1])

@@ -73,10 +73,13 @@ def make_detector(config: DetectConfig, only: tuple[str, ...] | None = None) -> 
 
 
 def quality_config(scenario: Scenario, overrides: dict | None = None) -> DetectConfig:
-    """What a user states about this plant: each product's cold-chain band. Nothing else is tuned
-    (``--set`` overrides detection defaults, for exploring them)."""
+    """What a user states about this plant: each product's cold-chain band, and that two signals
+    cycle with their machine (a CUSUM assumes an in-control process has no cycle, so a user turns it
+    off there and leaves the other rules on). Nothing else is tuned (``--set`` overrides detection
+    defaults, for exploring them)."""
     fields = SensorRule.model_fields
-    rules = []
+    rules = [SensorRule(match=f"*/{s.line}/{s.device}/{s.sensor}", cusum_h=0.0)
+             for s in streams_of(scenario) if s.cycle_amplitude > s.noise]
     for sh in shipments_of(scenario):
         lo, hi = sh.band
         r = {"match": f"coldchain/{sh.id}/*/temperature", "lsl": lo, "usl": hi, "band": (lo, hi)}

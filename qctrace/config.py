@@ -111,9 +111,11 @@ SENSOR_TYPES: dict[str, dict[str, Any]] = {
 class DetectConfig(_Frozen):
     """Detection defaults for every sensor; ``[[detect.sensors]]`` rules refine them (later wins)."""
 
-    ewma_lambda: Annotated[float, Field(gt=0, le=1)] = 0.1
-    ewma_z: Annotated[float, Field(gt=0)] = 5.0
-    warmup: Annotated[int, Field(ge=1)] = 30
+    # lambda 0.05 keeps the EWMA variance estimate steady enough that z > 6 is rare in control
+    # (with 0.1 and z 5 a 1 Hz sensor raised a false alarm every few hours on noise alone)
+    ewma_lambda: Annotated[float, Field(gt=0, le=1)] = 0.05
+    ewma_z: Annotated[float, Field(gt=0)] = 6.0
+    warmup: Annotated[int, Field(ge=1)] = 60
     rebaseline_after: Annotated[int, Field(ge=0)] = 120
     """After this many consecutive EWMA-flagged readings the shift is taken as the new normal and
     the baseline is learnt again (0 = never): one episode per step change, not an endless alarm."""

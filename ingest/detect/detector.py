@@ -41,7 +41,8 @@ from qctrace.schema import READING_SCHEMA, Flag, check_batch, sensor_keys
 _FLAGS_AT = READING_SCHEMA.get_field_index("flags")
 _CORE = (("lsl", np.float64, -np.inf), ("usl", np.float64, np.inf), ("lam", np.float64, 0.1),
          ("zlim", np.float64, np.inf), ("warmup", np.int64, 1), ("rebase", np.int64, 0))
-_CORE_STATE = (("run", np.int64, 0), ("mean", np.float64, 0.0), ("var", np.float64, 0.0), ("count", np.int64, 0))
+_CORE_STATE = (("run", np.int64, 0), ("mean", np.float64, 0.0), ("var", np.float64, 0.0), ("count", np.int64, 0),
+               ("last", np.float64, np.nan))
 _STATE_VERSION = 1
 
 
@@ -185,7 +186,7 @@ class Detector:
     def _run(self, idx, ts, values, quality, flags, scores) -> None:
         c = self.core
         kernels.spec_ewma(idx, values, quality, c["lsl"], c["usl"], c["lam"], c["zlim"], c["warmup"], c["rebase"],
-                          c["mean"], c["var"], c["count"], c["run"], flags, scores["ewma_z"])
+                          c["mean"], c["var"], c["count"], c["run"], c["last"], flags, scores["ewma_z"])
         for fam in self.families:
             p, st = self.params[fam.name], self.state[fam.name]
             fam.kernel(idx, ts, values, flags, *(scores[s] for s in fam.scores), *(p[f.name] for f in fam.params),

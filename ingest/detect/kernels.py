@@ -24,7 +24,7 @@ QUALITY_BAD = np.uint8(Quality.BAD)
 
 
 @njit(cache=True, nogil=True)
-def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, var, count, run, flags, z):
+def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, var, count, run, last, flags, z):
     """Spec limits and EWMA z-score for one batch, updating per-sensor ``mean``/``var``/``count``.
 
     z is the deviation from the EWMA mean in units of the EWMA standard deviation, computed
@@ -32,7 +32,9 @@ def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, v
     (phase II SPC: the baseline is what the process does when in control), so a shift stays
     flagged for as long as it lasts, until ``rebase[s]`` consecutive EWMA flags (``run``) say it is
     the new normal: then the baseline is learnt again from the next reading (0 = never).
-    Bad-quality and non-finite readings are flagged and skipped.
+    Bad-quality and non-finite readings are flagged and skipped. A reading equal to the sensor's
+    previous one (``last``) is judged but not learnt: a frozen register would otherwise shrink the
+    variance towards zero and make ordinary noise look like an alarm once it thaws.
     """
     for i in range(idx.shape[0]):
         s = idx[i]
@@ -61,6 +63,8 @@ def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, v
                 f |= EWMA_Z
         z[i] = zi
         flags[i] = f
+        repeat = x == last[s]
+        last[s] = x
         if f & EWMA_Z:
             run[s] += 1
             if rebase[s] > 0 and run[s] >= rebase[s]:
@@ -69,7 +73,7 @@ def spec_ewma(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, v
                 continue
         else:
             run[s] = 0
-        if f == 0 or n < warmup[s]:
+        if (f == 0 or n < warmup[s]) and not repeat:
             if n == 0:
                 mean[s] = x
                 var[s] = 0.0
@@ -169,7 +173,7 @@ def warm_up() -> None:
         return np.zeros(1, np.uint32)
 
     q = readonly(np.zeros(1, np.uint8))
-    spec_ewma(i(), readonly(f()), q, f(), f(), f(), f(), i(), i(), f(), f(), i(), i(), u(), f())
+    spec_ewma(i(), readonly(f()), q, f(), f(), f(), f(), i(), i(), f(), f(), i(), i(), f(), u(), f())
     episodes(i(), readonly(i()), readonly(u()), readonly(f()), np.zeros(1, np.bool_), i(), i(), u(), f(), f(), i(),
              i(), i(), i(), u(), f(), f(), i(), i(), np.zeros(1, np.uint8))
     lot_changes(i(), i(), np.zeros(1, np.bool_), i(), np.zeros(1, np.uint8))

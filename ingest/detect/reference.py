@@ -28,6 +28,7 @@ class EwmaState:
     var: float = 0.0
     count: int = 0
     run: int = 0  # consecutive EWMA flags
+    last: float = math.nan  # previous valid value
 
 
 def spec_ewma_reference(sensors: list[int], values: list[float], quality: list[int],
@@ -59,6 +60,8 @@ def spec_ewma_reference(sensors: list[int], values: list[float], quality: list[i
                 f |= Flag.EWMA_Z
         flags.append(int(f))
         zs.append(z)
+        repeat = x == st.last
+        st.last = x
         if f & Flag.EWMA_Z:
             st.run += 1
             if p.rebase and st.run >= p.rebase:  # a sustained shift is the new normal: learn again
@@ -67,7 +70,7 @@ def spec_ewma_reference(sensors: list[int], values: list[float], quality: list[i
         else:
             st.run = 0
         in_warmup = st.count < p.warmup
-        if f == 0 or in_warmup:
+        if (f == 0 or in_warmup) and not repeat:  # a frozen value teaches nothing about spread
             if st.count == 0:
                 st.mean, st.var = x, 0.0
             else:

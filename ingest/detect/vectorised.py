@@ -31,7 +31,7 @@ def rounds(idx: np.ndarray) -> list[np.ndarray]:
     return [np.sort(rows[bounds[k]:bounds[k + 1]]) for k in range(len(bounds) - 1)]
 
 
-def spec_ewma_vectorised(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, var, count, run,
+def spec_ewma_vectorised(idx, values, quality, lsl, usl, lam, zlim, warmup, rebase, mean, var, count, run, last,
                          flags, z) -> None:
     """Same contract and results as ``kernels.spec_ewma``."""
     for rows in rounds(idx):
@@ -55,11 +55,13 @@ def spec_ewma_vectorised(idx, values, quality, lsl, usl, lam, zlim, warmup, reba
         f = f | np.where(ewma, np.uint32(Flag.EWMA_Z), np.uint32(0))
         z[rows] = zi
         flags[rows] = f
+        repeat = x == last[s]
+        last[s] = x
         r = np.where(ewma, run[s] + 1, 0)
         reset = ewma & (rebase[s] > 0) & (r >= rebase[s])
         run[s] = np.where(reset, 0, r)
         count[s[reset]] = 0
-        learn = ~reset & ((f == 0) | (n < warmup[s]))
+        learn = ~reset & ((f == 0) | (n < warmup[s])) & ~repeat
         first = learn & (n == 0)
         upd = learn & (n > 0)
         mean[s[first]] = x[first]

@@ -42,6 +42,7 @@ class KernelState:
         self.var = np.zeros(N_SENSORS)
         self.count = np.zeros(N_SENSORS, dtype=np.int64)
         self.run_ = np.zeros(N_SENSORS, dtype=np.int64)
+        self.last = np.full(N_SENSORS, np.nan)
 
     def run(self, batch):
         idx = np.array([r[0] for r in batch], dtype=np.int64)
@@ -50,7 +51,7 @@ class KernelState:
         flags = np.zeros(len(batch), dtype=np.uint32)
         z = np.zeros(len(batch))
         kernels.spec_ewma(idx, vals, q, self.lsl, self.usl, self.lam, self.zlim, self.warmup, self.rebase, self.mean,
-                          self.var, self.count, self.run_, flags, z)
+                          self.var, self.count, self.run_, self.last, flags, z)
         return flags.tolist(), z.tolist()
 
 
@@ -78,11 +79,11 @@ def test_spec_ewma_numpy_baseline_equals_kernel_bit_for_bit(batch):
     q = np.array([r[2] for r in batch], dtype=np.uint8)
     flags, z = np.zeros(len(batch), dtype=np.uint32), np.zeros(len(batch))
     spec_ewma_vectorised(idx, vals, q, v.lsl, v.usl, v.lam, v.zlim, v.warmup, v.rebase, v.mean, v.var, v.count,
-                         v.run_, flags, z)
+                         v.run_, v.last, flags, z)
     assert flags.tolist() == kf
     assert np.array_equal(z, np.array(kz), equal_nan=True)
-    for name in ("mean", "var", "count", "run_"):
-        assert np.array_equal(getattr(k, name), getattr(v, name)), name
+    for name in ("mean", "var", "count", "run_", "last"):
+        assert np.array_equal(getattr(k, name), getattr(v, name), equal_nan=name == "last"), name
 
 
 @given(rows, st.integers(0, 120))
@@ -106,6 +107,18 @@ def test_reference_state_matches_kernel_state_after_a_stream():
         assert ks.count[s] == st_.count
         assert ks.mean[s] == pytest.approx(st_.mean, abs=1e-9)
         assert ks.var[s] == pytest.approx(st_.var, abs=1e-9)
+
+
+def test_a_frozen_value_does_not_shrink_the_variance_so_noise_after_it_raises_no_alarm():
+    ks = KernelState()
+    ks.lam[3], ks.zlim[3], ks.warmup[3], ks.rebase[3] = 0.05, 6.0, 60, 0  # the shipped defaults
+    rng = np.random.default_rng(3)
+    ks.run([(3, float(x), 0, 0) for x in rng.normal(0, 1, 200)])
+    var_before = ks.var[3]
+    ks.run([(3, 0.25, 0, 0)] * 300)  # a stuck register: judged, not learnt
+    assert ks.var[3] == pytest.approx(var_before, rel=0.5)
+    flags, _ = ks.run([(3, float(x), 0, 0) for x in rng.normal(0, 1, 200)])
+    assert sum(1 for f in flags if f & Flag.EWMA_Z) == 0
 
 
 def test_a_spike_after_warmup_is_flagged_and_does_not_move_the_baseline():
