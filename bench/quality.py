@@ -73,12 +73,16 @@ def make_detector(config: DetectConfig, only: tuple[str, ...] | None = None) -> 
 
 
 def quality_config(scenario: Scenario, overrides: dict | None = None) -> DetectConfig:
-    """What a user states about this plant: each product's cold-chain band, and that two signals
-    cycle with their machine (a CUSUM assumes an in-control process has no cycle, so a user turns it
-    off there and leaves the other rules on). Nothing else is tuned (``--set`` overrides detection
+    """What a user states about this plant: each product's cold-chain band, and for the two signals
+    that cycle with their machine, specification limits instead of the CUSUM (a CUSUM assumes an
+    in-control process has no cycle). Nothing else is tuned (``--set`` overrides detection
     defaults, for exploring them)."""
     fields = SensorRule.model_fields
-    rules = [SensorRule(match=f"*/{s.line}/{s.device}/{s.sensor}", cusum_h=0.0)
+    # A cyclic signal: the CUSUM is off, and the user's specification limits (the cycle's envelope
+    # with room for noise) judge its level instead.
+    rules = [SensorRule(match=f"*/{s.line}/{s.device}/{s.sensor}", cusum_h=0.0,
+                        lsl=s.nominal - (s.cycle_amplitude + 5 * s.noise),
+                        usl=s.nominal + (s.cycle_amplitude + 5 * s.noise))
              for s in streams_of(scenario) if s.cycle_amplitude > s.noise]
     for sh in shipments_of(scenario):
         lo, hi = sh.band

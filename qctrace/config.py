@@ -119,13 +119,13 @@ class DetectConfig(_Frozen):
     rebaseline_after: Annotated[int, Field(ge=0)] = 120
     """After this many consecutive EWMA-flagged readings the shift is taken as the new normal and
     the baseline is learnt again (0 = never): one episode per step change, not an endless alarm."""
-    phase1_n: Annotated[int, Field(ge=2)] = 100
+    phase1_n: Annotated[int, Field(ge=2)] = 300  # 5 minutes at 1 Hz: centre and sigma within ~6 % of the truth
     nelson: tuple[Annotated[int, Field(ge=1, le=8)], ...] = ()
     """Nelson run rules are off by default: on a raw 1 Hz signal even rule 1 (3 sigma) fires once
     per ~370 in-control readings, ten times an hour per sensor. Turn them on per sensor for
     subgrouped or slow quality data (e.g. one weight per filled unit averaged per minute)."""
     cusum_k: Annotated[float, Field(ge=0)] = 0.5
-    cusum_h: Annotated[float, Field(ge=0)] = 10.0  # in-control average run length of several days at 1 Hz
+    cusum_h: Annotated[float, Field(ge=0)] = 12.0  # in-control run length of weeks at 1 Hz, even with phase I estimates
     spike_k: Annotated[float, Field(gt=0)] = 8.0
     stuck_n: Annotated[int, Field(ge=0)] = 30
     gap_factor: Annotated[float, Field(gt=1)] = 5.0
