@@ -19,7 +19,6 @@ columns live in the path only, as Hive layout expects; ``read_dataset`` restores
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from qctrace.durable import fsync_dir, sha256_file
 from qctrace.errors import SinkCommitError
 from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch, source_keys
 
@@ -50,22 +50,6 @@ class CommittedFile:
     path: str  # relative to the dataset root
     rows: int
     sha256: str
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ParquetSink:
@@ -183,8 +167,8 @@ class ParquetSink:
             new_files = []
             for tmp, final, n in staged:
                 os.replace(tmp, final)
-                _fsync_dir(final.parent)
-                new_files.append(CommittedFile(final.relative_to(self.root).as_posix(), n, _sha256(final)))
+                fsync_dir(final.parent)
+                new_files.append(CommittedFile(final.relative_to(self.root).as_posix(), n, sha256_file(final)))
             log.info("sink.step2 renamed=%d", len(new_files))
             # Step 3: the commit record, atomically.
             self._write_commit(self.files + new_files, self._accepted_hwm, extra or {})
@@ -210,7 +194,7 @@ class ParquetSink:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.commit_path)
-        _fsync_dir(self.state_dir)
+        fsync_dir(self.state_dir)
 
 
 def read_dataset(root: Path) -> pa.Table:

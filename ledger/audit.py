@@ -13,7 +13,6 @@ Each step raises the first failure with what is wrong and where; ``progress`` is
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from ledger.events import DATA_COMMITTED, NS
 from ledger.note import Verifier
 from ledger.publish import anchor_files, anchor_payload, checkpoint_files
 from ledger.store import Ledger
+from qctrace.durable import sha256_file
 from qctrace.errors import AnchorMismatch, DataFileChanged, RolledBack, RootMismatch
 
 Progress = Callable[[str, int, int], None]
@@ -112,17 +112,9 @@ def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir:
             if not path.is_file():
                 raise DataFileChanged(f"event #{ev.idx}: data file {path} is missing (it held {d['rows']} readings)",
                                       index=ev.idx, expected=d["sha256"], computed="")
-            h = _sha256(path)
+            h = sha256_file(path)
             if h != d["sha256"]:
                 raise DataFileChanged(f"event #{ev.idx}: data file {path} changed after it was committed",
                                       index=ev.idx, expected=d["sha256"], computed=h)
         report.data_files = len(committed)
     return report
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 
 from ledger.note import Signer, Verifier
+from qctrace.durable import fsync_dir
 from qctrace.errors import LedgerError
 
 __all__ = [
@@ -46,14 +47,6 @@ SIGNER_FILE = "signer.key"
 VERIFIER_FILE = "verifier.pub"
 HISTORY_FILE = "history.pub"
 _NEW_SUFFIX = ".new"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ensure_dir(key_dir: Path) -> None:
@@ -108,7 +101,7 @@ def init_keys(key_dir: Path, name: str) -> str:
             " To replace it while keeping old checkpoints verifiable, rotate it (ledger.keys.rotate)"
         ) from None
     _write_public(key_dir / VERIFIER_FILE, f"{signer.verifier}\n")
-    _fsync_dir(key_dir)
+    fsync_dir(key_dir)
     log.info("keys.init dir=%s key=%s", key_dir, signer.verifier.key_name)
     return str(signer.verifier)
 
@@ -223,7 +216,7 @@ def rotate(key_dir: Path, name: str) -> str:
     _write_public(key_dir / VERIFIER_FILE, f"{new.verifier}\n")
     # 4. Replace the old private key with the new one; the old secret is gone after this rename.
     os.replace(staged, key_dir / SIGNER_FILE)
-    _fsync_dir(key_dir)
+    fsync_dir(key_dir)
     log.info("keys.rotate dir=%s old=%s new=%s", key_dir, old.verifier.key_name, new.verifier.key_name)
     return str(new.verifier)
 
@@ -241,6 +234,6 @@ def _finish_interrupted_rotation(key_dir: Path, staged: Path) -> str:
             f" delete {staged} and rotate again"
         )
     os.replace(staged, key_dir / SIGNER_FILE)
-    _fsync_dir(key_dir)
+    fsync_dir(key_dir)
     log.info("keys.rotate_finished dir=%s new=%s", key_dir, new.verifier.key_name)
     return str(new.verifier)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from ledger.anchor import AnchorReceipt, Chain
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.note import Signer
 from ledger.store import Ledger
+from qctrace.durable import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +27,6 @@ ANCHOR_PREFIX = b"qctrace-anchor/1\n"
 def anchor_payload(checkpoint_text: str) -> bytes:
     """What goes on chain for a checkpoint: a tag and the checkpoint's body (origin, size, root)."""
     return ANCHOR_PREFIX + checkpoint_text.encode("utf-8")
-
-
-def _write_once(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checkpoint_file(checkpoint_dir: Path, size: int) -> Path:
@@ -56,7 +42,7 @@ def make_checkpoint(led: Ledger, signer: Signer, checkpoint_dir: Path) -> tuple[
     cp = Checkpoint(origin=signer.name, size=size, root=led.root(size))
     note = sign_checkpoint(cp, signer)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    _write_once(checkpoint_file(checkpoint_dir, size), note)
+    atomic_write(checkpoint_file(checkpoint_dir, size), note)
     led.add_checkpoint(size, note)
     log.info("ledger.checkpoint size=%d root=%s", size, cp.root.hex())
     return size, note
@@ -74,7 +60,7 @@ def anchor_checkpoint(led: Ledger, chain: Chain, checkpoint_dir: Path, size: int
     receipt = chain.anchor(anchor_payload(text))
     led.add_anchor(size, receipt.to_dict())
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    _write_once(checkpoint_dir / f"{size:012d}.anchor.json", json.dumps(receipt.to_dict(), indent=1).encode())
+    atomic_write(checkpoint_dir / f"{size:012d}.anchor.json", json.dumps(receipt.to_dict(), indent=1).encode())
     log.info("ledger.anchor size=%d tx=%s block=%d", size, receipt.tx_hash, receipt.block_number)
     return receipt
 

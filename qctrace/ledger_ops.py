@@ -24,6 +24,7 @@ from ledger.note import Verifier
 from ledger.publish import anchor_checkpoint, make_checkpoint
 from ledger.trace import Trace, describe, trace
 from qctrace.config import Config
+from qctrace.durable import atomic_write
 from qctrace.errors import LedgerError
 
 LEDGER_FILE = "ledger.sqlite"
@@ -232,7 +233,7 @@ def export_epcis(cfg: Config, out: Path, lot: str | None = None) -> int:
         evs, _ = _scope_events(led, lot)
     doc = epcis_document(evs)
     validate_document(doc)
-    _atomic_write(out, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
+    atomic_write(out, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
     return len(evs)
 
 
@@ -279,7 +280,7 @@ def recall(cfg: Config, lot: str, by: str, reason: str, out_dir: Path | None = N
                                                 scope))
         Checkpointer(cfg, led).now()
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "scope.json", json.dumps({"lot": lot, "by": by, "reason": reason,
+    atomic_write(out_dir / "scope.json", json.dumps({"lot": lot, "by": by, "reason": reason,
                                                       "ledger_event": stored.idx, "scope": scope},
                                                      indent=1, ensure_ascii=False).encode("utf-8"))
     with open(out_dir / "scope.csv", "w", newline="", encoding="utf-8") as fh:
@@ -294,19 +295,3 @@ def recall(cfg: Config, lot: str, by: str, reason: str, out_dir: Path | None = N
     export_fsma(cfg, files[3], lot)
     export_epcis(cfg, files[4], lot)
     return RecallReport(lot, scope, stored.idx, files)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def export_bundle(cfg: Config, out: Path, lot: str | None = None):
-    """The audit bundle (zip): events, checkpoints, proofs, public keys and a stand-alone verifier."""
-    from ledger.bundle import write_bundle
-
-    keys = [str(v) for v in load_verifiers(keys_dir(cfg.data_dir))]
-    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
-        return write_bundle(led, out, keys, lot=lot, checkpoint_dir=checkpoint_dir(cfg.data_dir))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 from ingest.detect import kernels
 from ingest.detect.family import RuleFamily
 from qctrace.config import DetectConfig
+from qctrace.durable import atomic_write
 from qctrace.errors import ConfigError
 from qctrace.schema import READING_SCHEMA, Flag, check_batch, sensor_keys
 
@@ -301,12 +301,7 @@ class Detector:
         """Write the state atomically (temporary file, fsync, rename)."""
         buf = io.BytesIO()
         np.savez(buf, **self.state_dict())
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, buf.getvalue())
 
     def load(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as z:
