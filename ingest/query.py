@@ -46,3 +46,30 @@ def lot_summary(root: Path, lot: str) -> pa.Table:
                min(ts) AS first_ts, max(ts) AS last_ts,
                min(value) AS min_value, avg(value) AS mean_value, max(value) AS max_value
         FROM {SOURCE} WHERE lot = $lot GROUP BY ALL ORDER BY sensor_key""", {"lot": lot})
+
+
+def lot_mkt(root: Path, lot: str, delta_h: float = 83144.0) -> dict[str, float]:
+    """Mean kinetic temperature (°C) of each temperature sensor that recorded ``lot``: its good,
+    finite readings, each weighted by the time it held (to the next reading; the last one gets the
+    median interval)."""
+    import numpy as np
+
+    from ingest.detect.coldchain import mean_kinetic_temperature
+
+    t = query(root, """
+        SELECT site || '/' || line || '/' || device || '/' || sensor AS sensor_key, epoch_ns(ts) AS t, value
+        FROM {SOURCE} WHERE lot = $lot AND sensor = 'temperature' AND quality = 0 AND isfinite(value)
+        ORDER BY sensor_key, t""", {"lot": lot})
+    out: dict[str, float] = {}
+    if t.num_rows == 0:
+        return out
+    keys = np.array(t.column("sensor_key").to_pylist())
+    ts = t.column("t").to_numpy()
+    vals = t.column("value").to_numpy()
+    for key in dict.fromkeys(keys.tolist()):
+        sel = keys == key
+        tt, vv = ts[sel], vals[sel]
+        dt = np.diff(tt) / 1e9
+        held = np.append(dt, np.median(dt) if len(dt) else 1.0)
+        out[key] = mean_kinetic_temperature(vv, np.maximum(held, 0.0) + 1e-12, delta_h)
+    return out

@@ -135,6 +135,7 @@ class LotReport:
     readings: list[dict]
     elapsed_ms: float
     proof: str = ""
+    mkt: dict[str, float] | None = None
 
     def lines(self) -> list[str]:
         out = [f"lot {self.backward.lot}  (traced in {self.elapsed_ms:.1f} ms)"]
@@ -155,13 +156,15 @@ class LotReport:
         if self.readings:
             out.append("readings:")
             for r in self.readings:
+                mkt = (self.mkt or {}).get(r["sensor_key"])
                 out.append(f"  {r['sensor_key']:<40} {r['readings']:>7} readings {r['flagged']:>5} flagged"
-                           f"  min {r['min_value']:.3f}  mean {r['mean_value']:.3f}  max {r['max_value']:.3f}")
+                           f"  min {r['min_value']:.3f}  mean {r['mean_value']:.3f}  max {r['max_value']:.3f}"
+                           + (f"  MKT {mkt:.2f}" if mkt is not None else ""))
         return out
 
 
 def trace_lot(cfg: Config, lot: str, backward: bool = True, forward: bool = True) -> LotReport:
-    from ingest.query import lot_summary
+    from ingest.query import lot_mkt, lot_summary
 
     with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
         t0 = time.perf_counter()
@@ -171,7 +174,8 @@ def trace_lot(cfg: Config, lot: str, backward: bool = True, forward: bool = True
         proof = prove_events(led, [*b.events, *f.events], _local_verifiers(cfg))
     readings_dir = cfg.data_dir / READINGS_DIR
     readings = lot_summary(readings_dir, lot).to_pylist() if readings_dir.is_dir() else []
-    return LotReport(b, f, readings, ms, proof)
+    mkt = lot_mkt(readings_dir, lot, cfg.detect.delta_h) if readings else {}
+    return LotReport(b, f, readings, ms, proof, mkt)
 
 
 def prove_events(led: Ledger, events: Sequence, verifiers: Sequence[Verifier]) -> str:

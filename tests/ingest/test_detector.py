@@ -138,3 +138,19 @@ def test_a_silent_sensor_is_reported_once_by_the_timer_without_waiting_for_its_n
     assert silent[0].start_ns == T0 + 59 * S and silent[0].end_ns == T0 + 89 * S
     assert ingest.check_stale() == []  # one report per silence
     assert any(getattr(f, "flags", 0) == int(Flag.STALE) for f in facts)
+
+
+def test_a_lots_mean_kinetic_temperature_comes_from_its_readings(tmp_path):
+    from ingest.detect.coldchain import mean_kinetic_temperature
+    from ingest.query import lot_mkt
+
+    cfg = load_config(None)
+    temps = [4.0] * 120 + [12.0] * 60 + [4.0] * 120  # an excursion of a minute in five
+    ingest = Ingest(tmp_path, cfg.detect, cfg.sink, lambda facts: None)
+    ingest.process(_batch([("temperature", t, v) for t, v in enumerate(temps)], lot="LOT-CC"))
+    ingest.flush()
+    mkt = lot_mkt(tmp_path / "readings", "LOT-CC")
+    assert list(mkt) == ["plant1/line1/plc1/temperature"]
+    expected = mean_kinetic_temperature(np.array(temps))  # one-second readings: equal weights
+    assert abs(mkt["plant1/line1/plc1/temperature"] - expected) < 1e-6
+    assert float(np.mean(temps)) < expected < 12.0
