@@ -73,3 +73,26 @@ def lot_mkt(root: Path, lot: str, delta_h: float = 83144.0) -> dict[str, float]:
         held = np.append(dt, np.median(dt) if len(dt) else 1.0)
         out[key] = mean_kinetic_temperature(vv, np.maximum(held, 0.0) + 1e-12, delta_h)
     return out
+
+
+def select_readings(root: Path, lot: str | None = None, sensor: str | None = None, start: str | None = None,
+                    end: str | None = None) -> pa.Table:
+    """Readings of a lot and/or a sensor (a glob on ``site/line/device/sensor``) within [start, end]
+    (ISO 8601 times; UTC when no offset), in sensor and time order, with the sensor key spelt out."""
+    where, params = [], {}
+    if lot is not None:
+        where.append("lot = $lot")
+        params["lot"] = lot
+    if sensor is not None:
+        where.append("(site || '/' || line || '/' || device || '/' || sensor) GLOB $sensor")
+        params["sensor"] = sensor
+    if start is not None:
+        where.append("ts >= CAST($start AS TIMESTAMPTZ)")
+        params["start"] = start
+    if end is not None:
+        where.append("ts <= CAST($end AS TIMESTAMPTZ)")
+        params["end"] = end
+    sql = ("SELECT site || '/' || line || '/' || device || '/' || sensor AS sensor_key, ts, value, quality, flags,"
+           " seq, lot, recv_ts FROM {SOURCE}" + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY sensor_key, ts, seq")
+    return query(root, sql, params)

@@ -297,6 +297,52 @@ def recall(lot: str, by: str, reason: str, out_dir: Path | None, config_path: Pa
         click.echo(line)
 
 
+@cli.command()
+@click.option("--lot", default=None, help="Only this lot's readings.")
+@click.option("--sensor", default=None, metavar="GLOB",
+              help="Only sensors whose site/line/device/sensor key matches, e.g. '*/seal_temp'.")
+@click.option("--from", "start", default=None, metavar="TIME", help="First time, ISO 8601 (UTC without offset).")
+@click.option("--to", "end", default=None, metavar="TIME", help="Last time, ISO 8601 (inclusive).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="Output format.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file. Default: CSV to stdout (Parquet needs --out).")
+@_config_option
+@_data_dir_option
+@_errors
+def readings(lot: str | None, sensor: str | None, start: str | None, end: str | None, fmt: str, out: Path | None,
+             config_path: Path | None, data_dir: Path | None) -> None:
+    """Export readings with their flags from the Parquet dataset, for a lot, a sensor and/or a time
+    range, as CSV or Parquet (DuckDB over the Hive-partitioned files; ingest is never slowed)."""
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from ingest.query import select_readings
+    from qctrace.ledger_ops import READINGS_DIR
+
+    if lot is None and sensor is None and start is None and end is None:
+        raise click.UsageError("say what to export: --lot, --sensor, --from/--to (or several)")
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet needs --out FILE")
+    cfg = _load(config_path, data_dir)
+    table = select_readings(cfg.data_dir / READINGS_DIR, lot, sensor, start, end)
+    if table.num_rows == 0:
+        click.echo("no readings match", err=True)
+        sys.exit(1)
+    if fmt == "parquet":
+        pq.write_table(table, out, compression="zstd")
+    elif out is None:
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        click.echo(buf.getvalue().decode("utf-8"), nl=False)
+    else:
+        pacsv.write_csv(table, out)
+    if out is not None:
+        click.echo(f"{out}: {table.num_rows} readings", err=True)
+
+
 @cli.group()
 def export() -> None:
     """Export the ledger for regulators, partners and auditors."""

@@ -78,3 +78,38 @@ def test_sim_with_an_unknown_scenario_names_the_shipped_ones():
     res = CliRunner().invoke(cli, ["sim", "nope", "--replay-to", "/tmp/x"])
     assert res.exit_code == 2
     assert "demo" in res.output and "stress" in res.output
+
+
+def test_readings_export_filters_by_lot_sensor_and_time(tmp_path):
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    from ingest import Ingest
+    from qctrace.config import load_config
+    from qctrace.schema import batch_from_columns
+
+    t0 = 1_793_599_200 * 10**9
+    rows = [(s, t) for t in range(20) for s in ("weight", "seal_temp")]
+    n = len(rows)
+    batch = batch_from_columns({
+        "ts": [t0 + t * 10**9 for _, t in rows], "recv_ts": [t0] * n, "site": ["p"] * n, "line": ["l"] * n,
+        "device": ["d"] * n, "sensor": [s for s, _ in rows], "value": [float(t) for _, t in rows],
+        "quality": [0] * n, "seq": list(range(n)), "lot": ["A" if t < 10 else "B" for _, t in rows]})
+    cfg = load_config(None)
+    ingest = Ingest(tmp_path, cfg.detect, cfg.sink, lambda facts: None)
+    ingest.process(batch)
+    ingest.flush()
+    res = CliRunner().invoke(cli, ["readings", "--lot", "A", "--sensor", "*/weight", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    got = list(csv.DictReader(io.StringIO(res.output)))
+    assert [float(r["value"]) for r in got] == [float(t) for t in range(10)]
+    assert {r["sensor_key"] for r in got} == {"p/l/d/weight"}
+    out = tmp_path / "x.parquet"
+    res = CliRunner().invoke(cli, ["readings", "--from", "2026-11-02T06:00:15Z", "--to", "2026-11-02T06:00:16Z",
+                                   "--format", "parquet", "--out", str(out), "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert pq.read_table(out).num_rows == 4  # two sensors, two seconds, both ends included
+    res = CliRunner().invoke(cli, ["readings", "--data-dir", str(tmp_path)])
+    assert res.exit_code != 0 and "say what to export" in res.output
