@@ -25,6 +25,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -50,6 +51,13 @@ class CommittedFile:
     path: str  # relative to the dataset root
     rows: int
     sha256: str
+
+
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Dictionary codes (int) and names of a string or dictionary column."""
+    enc = pc.dictionary_encode(col.cast(pa.string()) if not pa.types.is_dictionary(col.type) else col)
+    enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.cast(pa.string()).to_pylist()
 
 
 class ParquetSink:
@@ -138,22 +146,28 @@ class ParquetSink:
         if not self._buffer:
             return []
         table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
-        date = pc.strftime(table.column("ts"), format="%Y-%m-%d")
-        part_key = pc.binary_join_element_wise(table.column("site").cast(pa.string()),
-                                               table.column("line").cast(pa.string()), date, "\x1f")
-        enc = pc.dictionary_encode(part_key).combine_chunks()
-        codes = enc.indices.to_numpy(zero_copy_only=False)
+        # Partition and sort on integers: site/line dictionary codes and the UTC day number, then
+        # each partition by (sensor name rank, ts). Formatting a date string per row and sorting on
+        # strings cost 70 % of a commit (measured by bench/sink.py).
+        site_codes, site_names = _codes(table.column("site"))
+        line_codes, line_names = _codes(table.column("line"))
+        sensor_codes, sensor_names = _codes(table.column("sensor"))
+        sensor_rank = np.argsort(np.argsort(np.array(sensor_names, dtype=object), kind="stable"), kind="stable")
+        ts = table.column("ts").cast(pa.int64()).to_numpy()
+        day = ts // 86_400_000_000_000
+        part = (site_codes.astype(np.int64) * (len(line_names) + 1) + line_codes) * 1_000_000 + (day - day.min())
+        order = np.lexsort((ts, sensor_rank[sensor_codes], part))
+        part_sorted = part[order]
+        bounds = np.flatnonzero(np.diff(part_sorted)) + 1
         staged: list[tuple[Path, Path, int]] = []
         try:
-            for code, key in enumerate(enc.dictionary.to_pylist()):
-                site, line, day = key.split("\x1f")
-                rows = table.filter(pa.array(codes == code))
-                order = pc.sort_indices(pa.table({"s": rows.column("sensor").cast(pa.string()),
-                                                  "t": rows.column("ts")}),
-                                        sort_keys=[("s", "ascending"), ("t", "ascending")])
-                rows = rows.take(order).drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
+            for chunk in np.split(order, bounds):
+                first = chunk[0]
+                site, line = site_names[site_codes[first]], line_names[line_codes[first]]
+                when = datetime.fromtimestamp(int(day[first]) * 86_400, UTC).strftime("%Y-%m-%d")
+                rows = table.take(pa.array(chunk)).drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
                     _FILE_SCHEMA.metadata)
-                d = self.root / f"site={quote(site, safe='')}" / f"line={quote(line, safe='')}" / f"date={day}"
+                d = self.root / f"site={quote(site, safe='')}" / f"line={quote(line, safe='')}" / f"date={when}"
                 d.mkdir(parents=True, exist_ok=True)
                 final = d / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
                 tmp = d / f".{final.name}.tmp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
 import pytest
@@ -52,6 +53,29 @@ def test_files_are_hive_partitioned_sorted_and_carry_the_schema_version(tmp_path
     assert t.column("ts").to_pylist() == sorted(t.column("ts").to_pylist())
     assert pq.read_metadata(f).metadata[b"qctrace.schema_version"] == str(SCHEMA_VERSION).encode()
     assert "site" not in t.column_names  # the path holds it
+
+
+def test_each_file_is_one_partition_sorted_by_sensor_then_time_across_midnight(tmp_path):
+    sink = _sink(tmp_path)
+    late = DAY - 3 * 10**9  # three seconds before midnight: these rows belong to the day before
+    sink.add(sink.dedupe(_batch(range(0, 6), sensor="zeta", ts0=late)))
+    sink.add(sink.dedupe(batch_from_columns({
+        "ts": [late + 4 * 10**9, late + 2 * 10**9, late + 5 * 10**9], "recv_ts": [DAY] * 3, "site": ["s"] * 3,
+        "line": ["l1"] * 3, "device": ["plc2"] * 3, "sensor": ["alpha"] * 3, "value": [1.0, 2.0, 3.0],
+        "quality": [0] * 3, "seq": [0, 1, 2], "lot": ["LOT-1"] * 3})))
+    files = sink.flush()
+    dates = sorted(f.path.split("/")[2] for f in files)
+    assert dates == ["date=2026-11-01", "date=2026-11-02"]
+    total = 0
+    for f in files:
+        t = pq.read_table(tmp_path / "readings" / f.path)
+        keys = list(zip(t.column("sensor").cast("string").to_pylist(), t.column("ts").cast("int64").to_pylist(),
+                        strict=True))
+        assert keys == sorted(keys)
+        day = f.path.split("/")[2].removeprefix("date=")
+        assert all(datetime.fromtimestamp(ts // 10**9, UTC).strftime("%Y-%m-%d") == day for _, ts in keys)
+        total += t.num_rows
+    assert total == 9
 
 
 def test_a_crash_between_rename_and_commit_record_leaves_no_trace_after_restart(tmp_path):
