@@ -189,3 +189,14 @@ def test_a_changed_merkle_node_is_detected(cfg):
         assert db.execute("UPDATE merkle_nodes SET hash = zeroblob(32)").rowcount >= 1
     with pytest.raises(RootMismatch):
         ledger_ops.verify(cfg)
+
+
+def test_a_ledger_copied_without_its_keys_asks_for_the_trusted_key(cfg, tmp_path):
+    ledger_ops.checkpoint(cfg)
+    elsewhere = load_config(None).with_overrides(data_dir=tmp_path / "copy")
+    (tmp_path / "copy").mkdir()
+    shutil.copy(ledger_ops.ledger_path(cfg.data_dir), ledger_ops.ledger_path(elsewhere.data_dir))
+    with pytest.raises(BadSignature, match="Pass --trusted-key"):
+        ledger_ops.verify(elsewhere)
+    key = (ledger_ops.keys_dir(cfg.data_dir) / "verifier.pub").read_text().strip()
+    assert ledger_ops.verify(elsewhere, trusted_keys=[key]).checkpoints == 1
