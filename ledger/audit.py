@@ -25,7 +25,7 @@ from ledger.note import Verifier
 from ledger.publish import anchor_files, anchor_payload, checkpoint_files
 from ledger.store import Ledger
 from qctrace.durable import sha256_file
-from qctrace.errors import AnchorMismatch, DataFileChanged, RolledBack, RootMismatch
+from qctrace.errors import AnchorMismatch, BadSignature, DataFileChanged, RolledBack, RootMismatch
 
 Progress = Callable[[str, int, int], None]
 
@@ -55,7 +55,8 @@ class AuditReport:
 def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir: Path | None = None,
                   extra_checkpoints: Sequence[bytes] = (), chain: Chain | None = None,
                   data_root: Path | None = None, progress: Progress | None = None,
-                  check_index: bool = True, no_chain_reason: str = "no chain given") -> AuditReport:
+                  check_index: bool = True, no_chain_reason: str = "no chain given",
+                  no_key_hint: str = "pass the trusted verifier keys") -> AuditReport:
     def tell(step: str) -> Callable[[int, int], None]:
         return lambda done, total: progress(step, done, total) if progress else None
 
@@ -67,6 +68,9 @@ def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir:
     if checkpoint_dir is not None:
         notes += [(str(p), n) for p, n in checkpoint_files(checkpoint_dir)]
     notes += [(f"checkpoint #{i + 1} given", n) for i, n in enumerate(extra_checkpoints)]
+    if notes and not verifiers:
+        raise BadSignature(f"the ledger has {len(notes)} signed checkpoints but no key to check them with:"
+                           f" {no_key_hint}")
     verified: dict[int, Checkpoint] = {}
     for k, (where, note) in enumerate(notes):
         tell("checkpoints")(k, len(notes))

@@ -104,19 +104,14 @@ def verify(cfg: Config, trusted_keys: Sequence[str] = (), extra_checkpoints: Seq
     DATA_DIR/keys: an auditor brings the key they were given, not the one next to the data."""
     verifiers = [Verifier.parse(k) for k in trusted_keys] if trusted_keys else _local_verifiers(cfg)
     with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
-        signed = led.checkpoints() or extra_checkpoints or any(checkpoint_dir(cfg.data_dir).glob("*.note"))
-        if not verifiers and signed:
-            from qctrace.errors import BadSignature
-
-            raise BadSignature(f"the ledger has signed checkpoints but there is no key to check them with:"
-                               f" {keys_dir(cfg.data_dir)} holds none. Pass --trusted-key with the verifier key"
-                               " the ledger's owner gave you (`qctrace keys public` prints it on their side)")
         chain = open_anchor_chain(cfg) if anchors and (led.anchors() or _anchor_files(cfg)) else None
         try:
             report = verify_ledger(led, verifiers, checkpoint_dir=checkpoint_dir(cfg.data_dir),
                                    extra_checkpoints=extra_checkpoints, chain=chain,
                                    data_root=cfg.data_dir / READINGS_DIR if data else None, progress=progress,
-                                   no_chain_reason="--no-anchors")
+                                   no_chain_reason="--no-anchors",
+                                   no_key_hint=f"{keys_dir(cfg.data_dir)} holds none. Pass --trusted-key with the"
+                                   " verifier key the ledger's owner gave you (`qctrace keys public` prints it)")
         finally:
             if chain is not None:
                 chain.close()
