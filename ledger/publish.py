@@ -18,6 +18,7 @@ from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.note import Signer
 from ledger.store import Ledger
 from qctrace.durable import atomic_write
+from qctrace.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,10 @@ def make_checkpoint(led: Ledger, signer: Signer, checkpoint_dir: Path) -> tuple[
 def anchor_checkpoint(led: Ledger, chain: Chain, checkpoint_dir: Path, size: int | None = None) -> AnchorReceipt:
     """Put the checkpoint of ``size`` (default: the latest) on chain and record the receipt."""
     cps = dict(led.checkpoints())
-    if not cps:
-        raise_no_checkpoint(led)
-    size = max(cps) if size is None else size
+    size = max(cps, default=None) if size is None else size
     if size not in cps:
-        raise_no_checkpoint(led, size)
+        what = "no signed checkpoint yet" if size is None else f"no checkpoint of size {size}"
+        raise LedgerError(f"{led.path}: {what}; `qctrace checkpoint` signs one")
     text = cps[size].decode("utf-8").split("\n\n", 1)[0] + "\n"
     receipt = chain.anchor(anchor_payload(text))
     led.add_anchor(size, receipt.to_dict())
@@ -63,13 +63,6 @@ def anchor_checkpoint(led: Ledger, chain: Chain, checkpoint_dir: Path, size: int
     atomic_write(checkpoint_dir / f"{size:012d}.anchor.json", json.dumps(receipt.to_dict(), indent=1).encode())
     log.info("ledger.anchor size=%d tx=%s block=%d", size, receipt.tx_hash, receipt.block_number)
     return receipt
-
-
-def raise_no_checkpoint(led: Ledger, size: int | None = None) -> None:
-    from qctrace.errors import LedgerError
-
-    what = f"no checkpoint of size {size}" if size is not None else "no signed checkpoint yet"
-    raise LedgerError(f"{led.path}: {what}; `qctrace checkpoint` signs one")
 
 
 def checkpoint_files(checkpoint_dir: Path) -> list[tuple[Path, bytes]]:
@@ -84,6 +77,3 @@ def anchor_files(checkpoint_dir: Path) -> list[tuple[int, dict]]:
     files = sorted(checkpoint_dir.glob("*.anchor.json"))
     return [(int(p.name.split(".")[0]), json.loads(p.read_text())) for p in files]
 
-
-def receipt_of(data: dict) -> AnchorReceipt:
-    return AnchorReceipt.from_dict(data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from ledger.anchor import AnchorReceipt, Chain, open_chain
 from ledger.audit import AuditReport, Progress, verify_ledger
 from ledger.keys import SIGNER_FILE, init_keys, load_signer, load_verifiers
 from ledger.note import Verifier
-from ledger.publish import anchor_checkpoint, make_checkpoint
+from ledger.publish import anchor_checkpoint, anchor_files, make_checkpoint
 from ledger.trace import Trace, describe, trace
 from qctrace.config import Config
 from qctrace.durable import atomic_write
@@ -104,7 +104,8 @@ def verify(cfg: Config, trusted_keys: Sequence[str] = (), extra_checkpoints: Seq
     DATA_DIR/keys: an auditor brings the key they were given, not the one next to the data."""
     verifiers = [Verifier.parse(k) for k in trusted_keys] if trusted_keys else _local_verifiers(cfg)
     with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
-        chain = open_anchor_chain(cfg) if anchors and (led.anchors() or _anchor_files(cfg)) else None
+        chain = open_anchor_chain(cfg) if anchors and (led.anchors() or anchor_files(checkpoint_dir(cfg.data_dir))) \
+            else None
         try:
             report = verify_ledger(led, verifiers, checkpoint_dir=checkpoint_dir(cfg.data_dir),
                                    extra_checkpoints=extra_checkpoints, chain=chain,
@@ -116,11 +117,6 @@ def verify(cfg: Config, trusted_keys: Sequence[str] = (), extra_checkpoints: Seq
             if chain is not None:
                 chain.close()
     return report
-
-
-def _anchor_files(cfg: Config) -> bool:
-    d = checkpoint_dir(cfg.data_dir)
-    return d.is_dir() and any(d.glob("*.anchor.json"))
 
 
 def _local_verifiers(cfg: Config) -> list[Verifier]:
@@ -208,8 +204,6 @@ def prove_events(led: Ledger, events: Sequence, verifiers: Sequence[Verifier]) -
     return (f"{len(inside)} events included in the signed checkpoint at size {cp.size} (root {cp.root.hex()[:16]}…)"
             + (f"; {newer} newer events await the next checkpoint" if newer else ""))
 
-
-Say = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- recall and exports
