@@ -4,7 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean system-deps
+
+# Debian packages the tests need: mosquitto (MQTT transport tests start their own broker when
+# nothing listens) and chromium + chromedriver (the dashboard's browser test). Installed only
+# where missing; `make demo` needs none of them.
+APT_PKGS := $(if $(shell command -v mosquitto || test -x /usr/sbin/mosquitto && echo y),,mosquitto) \
+            $(if $(shell command -v chromium),,chromium) $(if $(shell command -v chromedriver),,chromium-driver)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -23,7 +30,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+system-deps:
+	@if [ -n "$(strip $(APT_PKGS))" ]; then echo "installing $(strip $(APT_PKGS))"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; fi
+
+test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -32,7 +32,17 @@ class PlantConfig(_Frozen):
     opcua_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0 = pick a free port
 
 
+class OpcUaClientConfig(_Frozen):
+    """How edge readers talk to OPC UA servers: security, trust, limits, polling fallback."""
+
+
+class SerialConfig(_Frozen):
+    """Serial devices: the framed logger protocol and Modbus RTU."""
+
+
 class EdgeConfig(_Frozen):
+    opcua: OpcUaClientConfig = OpcUaClientConfig()
+    serial: SerialConfig = SerialConfig()
     batch_max_rows: Annotated[int, Field(ge=1)] = 1000
     batch_max_age_s: Annotated[float, Field(gt=0)] = 0.25
     publishing_interval_ms: Annotated[int, Field(ge=10)] = 200
@@ -169,7 +179,24 @@ class SinkConfig(_Frozen):
     flush_age_s: Annotated[float, Field(gt=0)] = 1.0
 
 
+class MqttConfig(_Frozen):
+    """The MQTT transport between edge and ingest processes."""
+
+
+class SpoolConfig(_Frozen):
+    """The edge's durable store-and-forward spool."""
+
+
+class AlarmsConfig(_Frozen):
+    """Alarm management (ISA-18.2 states, flood control) and notification channels."""
+
+
+class AuthConfig(_Frozen):
+    """Dashboard users and roles."""
+
+
 class DashboardConfig(_Frozen):
+    auth: AuthConfig = AuthConfig()
     port: Annotated[int, Field(ge=1, le=65535)] = 8501
     address: str = "localhost"
 
@@ -200,6 +227,9 @@ class Config(_Frozen):
     sink: SinkConfig = SinkConfig()
     dashboard: DashboardConfig = DashboardConfig()
     ledger: LedgerConfig = LedgerConfig()
+    mqtt: MqttConfig = MqttConfig()
+    spool: SpoolConfig = SpoolConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with top-level or dotted (``plant.seed``) fields replaced, validated again."""
