@@ -2,11 +2,14 @@
 
 Bytes are read in chunks (``read`` with a short timeout in a worker thread; pyserial's
 ``readline`` makes one syscall per byte and has no bound) and fed to ``FrameDecoder``. Each good
-frame becomes one reading per logger channel, stamped with the frame's own timestamp.
+frame becomes one reading per logger channel, stamped with the frame's own timestamp. A frame that
+fails any check is counted by reason (``rejected``, and the Prometheus counters below) and never
+becomes a reading; the rejects are logged as one throttled warning, not one line per frame.
 
 A logger that disappears (unplugged: end of file, EIO, the port gone) is reopened with capped
-exponential backoff; open a stable path such as ``/dev/serial/by-id/…`` so the replugged device
-is found again. Not yet here: Modbus RTU.
+exponential backoff and jitter; open a stable path such as ``/dev/serial/by-id/…`` so the
+replugged device is found again. The outage becomes one ``Gap`` record, from the last frame before
+it to the first after it, with the logger's own frame numbers that never arrived in its reason.
 """
 
 from __future__ import annotations
@@ -16,17 +19,23 @@ import logging
 import select
 
 import serial
+from prometheus_client import Counter
 
 from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder, fixed_lot
 from edge.frames import FrameDecoder
+from edge.outage import Outage, ThrottledWarning
 from qctrace.errors import ReaderError
 from qctrace.schema import Quality
 
 log = logging.getLogger(__name__)
 
 CHANNELS = ("temperature", "humidity", "door_open", "battery")
+
+FRAMES = Counter("qctrace_edge_serial_frames_total", "Valid logger frames decoded", ["port"])
+REJECTED = Counter("qctrace_edge_serial_frames_rejected_total", "Logger frames refused, by reason", ["port", "reason"])
+OUTAGES = Counter("qctrace_edge_serial_outages_total", "Times a serial device went away", ["port"])
 
 
 class _KeepQueuedInput(serial.Serial):
@@ -42,7 +51,8 @@ class SerialReader(Reader):
 
     def __init__(self, port: str, site: str, line: str, device: str, builder: BatchBuilder, publish: Publish, *,
                  lot: str | None = None, baudrate: int = 115200, batch_max_rows: int = 1000,
-                 batch_max_age_s: float = 0.25) -> None:
+                 batch_max_age_s: float = 0.25, reopen_initial_s: float = 0.05, reopen_cap_s: float = 2.0,
+                 warn_interval_s: float = 10.0) -> None:
         super().__init__(builder, publish, batch_max_rows, batch_max_age_s)
         self.port = port
         self.baudrate = baudrate
@@ -54,7 +64,28 @@ class SerialReader(Reader):
         self._ser: serial.Serial | None = None
         self.frames = 0
         self.reopens = 0
-        self._retry = exponential_backoff(initial_s=0.05, cap_s=2.0)
+        self.outage = Outage(scope)
+        self._last_ts: int | None = None
+        self._last_seq: int | None = None
+        self._seq_before_outage: int | None = None
+        self._backoff = (reopen_initial_s, reopen_cap_s)
+        self._retry = exponential_backoff(initial_s=reopen_initial_s, cap_s=reopen_cap_s)
+        self._rejects = ThrottledWarning(log, "serial.rejected", f"port={port}", warn_interval_s)
+        self._seen_by_reason: dict[str, int] = {}
+        self._seen_garbage = 0
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Frames refused so far, by reason (crc, framing, range, device, duplicate, oversized, …)."""
+        return dict(self.decoder.rejected)
+
+    def counters(self) -> dict[str, int]:
+        """This reader's counters, under their metric names (the Prometheus ones sum every port)."""
+        return {"qctrace_edge_serial_frames_total": self.frames,
+                "qctrace_edge_serial_frames_rejected_total": sum(self.decoder.rejected.values()),
+                "qctrace_edge_serial_garbage_bytes_total": self.decoder.garbage_bytes,
+                "qctrace_edge_serial_outages_total": self.outage.count,
+                "qctrace_edge_serial_reopens_total": self.reopens}
 
     def _connect(self) -> serial.Serial:
         return _KeepQueuedInput(self.port, self.baudrate, timeout=self.batch_max_age_s / 2)
@@ -65,14 +96,17 @@ class SerialReader(Reader):
         except (serial.SerialException, OSError) as exc:
             raise ReaderError(f"{self.port}: cannot open serial port: {exc}") from exc
 
-    def _lost(self) -> None:
+    def _lost(self, exc: BaseException) -> None:
         """The device went away: close it; ``_read_once`` retries with backoff until it is back."""
         if self._ser is not None:
             self._ser.close()
             self._ser = None
         self.decoder.reset()
-        self._retry = exponential_backoff(initial_s=0.05, cap_s=2.0)
-        log.warning("serial.lost port=%s", self.port)
+        self._retry = exponential_backoff(initial_s=self._backoff[0], cap_s=self._backoff[1])
+        if self.outage.lost(f"serial device {self.port} lost: {exc}", self._last_ts):
+            self._seq_before_outage = self._last_seq
+            OUTAGES.labels(self.port).inc()
+        log.warning("serial.lost port=%s reason=%s", self.port, exc)
 
     async def _try_reopen(self) -> None:
         """One attempt per call, so ``run`` can notice ``stop`` between attempts."""
@@ -105,24 +139,67 @@ class SerialReader(Reader):
             return
         try:
             data = await asyncio.to_thread(self._read_available, self._ser)
-        except (serial.SerialException, OSError):
-            self._lost()
+        except (serial.SerialException, OSError) as exc:
+            self._lost(exc)
             return
         if not data:
             return
+        frames = self.decoder.feed(data)
+        self._count_rejects()
+        if not frames:
+            return
+        if self.outage.active:
+            self._end_outage(frames[0].ts_ms * 1_000_000, frames[0].seq)
         good = Quality.GOOD
-        for f in self.decoder.feed(data):
+        for f in frames:
             ts = f.ts_ms * 1_000_000
             for stream, value in zip(self._streams, (f.temperature, f.humidity, f.door_open, f.battery),
                                      strict=True):
                 self.builder.add(stream, ts, float(value), good)
-            self.frames += 1
+        self.frames += len(frames)
+        FRAMES.labels(self.port).inc(len(frames))
+        self._last_ts = frames[-1].ts_ms * 1_000_000
+        self._last_seq = frames[-1].seq
         self._added()
+
+    def _end_outage(self, first_ts: int, first_seq: int) -> None:
+        before = self._seq_before_outage
+        if before is not None and first_seq > before + 1:
+            detail = f"logger frames {before + 1}..{first_seq - 1} not received"
+        elif before is not None and first_seq <= before:
+            detail = "the logger restarted its frame count"
+        else:
+            detail = ""
+        gap = self.outage.close(first_ts, detail)
+        if gap is not None:
+            self.pending_gaps.append(gap)
+            log.warning("serial.resumed port=%s gap_s=%.3f %s", self.port, (gap.end_ns - gap.start_ns) / 1e9, detail)
+
+    def _count_rejects(self) -> None:
+        """Counter deltas per reason since the last feed, for the metrics and the throttled log."""
+        dec = self.decoder
+        if dec.rejected != self._seen_by_reason:
+            for reason, n in dec.rejected.items():
+                prev = self._seen_by_reason.get(reason, 0)
+                if n > prev:
+                    REJECTED.labels(self.port, reason).inc(n - prev)
+                    self._rejects.add(reason, n - prev)
+            self._seen_by_reason = dict(dec.rejected)
+        if dec.garbage_bytes != self._seen_garbage:
+            self._rejects.add("garbage_bytes", dec.garbage_bytes - self._seen_garbage)
+            self._seen_garbage = dec.garbage_bytes
+
+    async def __aexit__(self, *exc: object) -> None:
+        gap = self.outage.abandon()
+        if gap is not None:
+            self.pending_gaps.append(gap)
+        await super().__aexit__(*exc)
 
     async def _close(self) -> None:
         if self._ser is not None:
             self._ser.close()
             self._ser = None
+        self._rejects.maybe_emit(force=True)
         if self.decoder.rejected or self.decoder.garbage_bytes:
             log.info("serial.close port=%s frames=%d rejected=%s garbage_bytes=%d", self.port, self.frames,
                      dict(self.decoder.rejected), self.decoder.garbage_bytes)

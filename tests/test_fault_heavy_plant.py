@@ -30,9 +30,10 @@ def test_faults_are_survived_and_every_missing_reading_is_explained(tmp_path):
         gaps = [e.as_dict()["qctrace:gap"] for e in led.events(kind="data_gap")]
         led.scan()
         in_gaps, unexplained = audit_against_truth(data, led)
-    assert [g["source"] for g in gaps] == ["plant2/cap/plc"]  # the restarted line server, and only it
+    # the restarted line server and the unplugged logger, and only they
+    assert sorted(g["source"] for g in gaps) == ["coldchain/SHP-F01/logger-f01", "plant2/cap/plc"]
     assert unexplained == {}
-    assert set(in_gaps) <= {"plant2/cap/plc"}
+    assert set(in_gaps) <= {"plant2/cap/plc", "coldchain/SHP-F01/logger-f01"}
     got = read_dataset(data / "readings")
     keyed = pa.table({"k": source_keys(got), "seq": got.column("seq")})
     assert keyed.group_by(["k", "seq"]).aggregate([]).num_rows == got.num_rows  # no duplicates
