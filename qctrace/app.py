@@ -152,16 +152,18 @@ async def _tell(proc: asyncio.subprocess.Process, command: str) -> None:
         await proc.stdin.drain()
 
 
-def _dashboard_cmd(data_dir: Path, port: int, address: str) -> list[str]:
+def _dashboard_cmd(data_dir: Path, port: int, address: str, config_path: Path | None = None) -> list[str]:
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address",
             address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "viewer", "--", "--data-dir", str(data_dir.resolve())]
+            "--client.toolbarMode", "viewer", "--", "--data-dir", str(data_dir.resolve())] + (
+            ["--config", str(config_path.resolve())] if config_path is not None else [])
 
 
-async def start_dashboard(data_dir: Path, port: int, address: str = "localhost") -> _Child:
+async def start_dashboard(data_dir: Path, port: int, address: str = "localhost",
+                          config_path: Path | None = None) -> _Child:
     proc = await asyncio.create_subprocess_exec(
-        *_dashboard_cmd(data_dir, port, address),
+        *_dashboard_cmd(data_dir, port, address, config_path),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -358,9 +360,9 @@ def _per_source(table: pa.Table) -> dict[str, int]:
     return {d["values"]: d["counts"] for d in counts.to_pylist()}
 
 
-def serve_dashboard(data_dir: Path, port: int, address: str = "localhost") -> None:
+def serve_dashboard(data_dir: Path, port: int, address: str = "localhost", config_path: Path | None = None) -> None:
     """Run the dashboard in the foreground until Ctrl-C."""
     import subprocess
 
     with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(_dashboard_cmd(data_dir, port, address), check=False)
+        subprocess.run(_dashboard_cmd(data_dir, port, address, config_path), check=False)

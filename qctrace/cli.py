@@ -441,7 +441,38 @@ def dashboard(config_path: Path | None, data_dir: Path | None, port: int | None)
     from qctrace.app import serve_dashboard
 
     cfg = _load(config_path, data_dir)
-    serve_dashboard(cfg.data_dir, port or cfg.dashboard.port, cfg.dashboard.address)
+    if not cfg.dashboard.auth.users:
+        click.echo("warning: no [dashboard.auth.users] in the configuration: nobody can log in"
+                   " (add one with `qctrace users hash-password`)", err=True)
+    serve_dashboard(cfg.data_dir, port or cfg.dashboard.port, cfg.dashboard.address, config_path)
+
+
+@cli.group()
+def users() -> None:
+    """Dashboard users: make password hashes for [dashboard.auth.users] in the configuration."""
+
+
+@users.command("hash-password")
+@click.option("--name", default=None, help="Also print the TOML table for this user name.")
+@click.option("--role", type=click.Choice(["technician", "compliance", "admin"]), default="technician",
+              show_default=True, help="Role for the printed TOML table (with --name).")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="The password (prompted for, hidden, when not given; prefer the prompt: a command line"
+              " is visible to other users of the machine).")
+def users_hash_password(name: str | None, role: str, password: str) -> None:
+    """Print an scrypt hash of a password for [dashboard.auth.users.NAME] password_hash.
+
+    The password itself is never printed or logged; only the salted hash is.
+    """
+    from dashboard.auth import hash_password
+
+    if not password:
+        raise click.BadParameter("the password is empty", param_hint="--password")
+    digest = hash_password(password)
+    if name is None:
+        click.echo(digest)
+    else:
+        click.echo(f'[dashboard.auth.users.{name}]\nrole = "{role}"\npassword_hash = "{digest}"')
 
 
 def main() -> None:

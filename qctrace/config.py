@@ -11,7 +11,7 @@ import math
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -191,8 +191,21 @@ class AlarmsConfig(_Frozen):
     """Alarm management (ISA-18.2 states, flood control) and notification channels."""
 
 
+class DashboardUser(_Frozen):
+    """One local dashboard user. Only a hash of the password is kept: ``qctrace users hash-password``
+    makes one (scrypt, a random salt per hash), so a leaked configuration file does not leak passwords."""
+
+    role: Literal["technician", "compliance", "admin"]
+    password_hash: str = Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$",
+                               description="scrypt$N$r$p$salt$hash, from `qctrace users hash-password`")
+
+
 class AuthConfig(_Frozen):
-    """Dashboard users and roles."""
+    """Dashboard users and roles. ``[dashboard.auth.users.NAME]`` tables, each with ``role`` and
+    ``password_hash``; no users means nobody can log in (the page says how to add one). OIDC through
+    Streamlit's ``st.login`` is the production option (README)."""
+
+    users: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")], DashboardUser] = {}
 
 
 class DashboardConfig(_Frozen):

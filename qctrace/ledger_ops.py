@@ -19,6 +19,7 @@ from pathlib import Path
 from ledger import Ledger
 from ledger.anchor import AnchorReceipt, Chain, open_chain
 from ledger.audit import AuditReport, Progress, verify_ledger
+from ledger.bundle import BundleSummary
 from ledger.keys import SIGNER_FILE, init_keys, load_signer, load_verifiers
 from ledger.note import Verifier
 from ledger.publish import anchor_checkpoint, anchor_files, make_checkpoint
@@ -295,3 +296,30 @@ def recall(cfg: Config, lot: str, by: str, reason: str, out_dir: Path | None = N
     export_fsma(cfg, files[3], lot)
     export_epcis(cfg, files[4], lot)
     return RecallReport(lot, scope, stored.idx, files)
+
+
+def hold(cfg: Config, lot: str, by: str, reason: str) -> int:
+    """Put ``lot`` on hold (a ``lot_held`` event naming who and why); returns the event's index.
+
+    A hold stops a lot from shipping while it is investigated; unlike a recall it computes no scope
+    and exports nothing, so it is cheap enough to use on suspicion.
+    """
+    from ledger import events as ev_mod
+    from ledger.trace import lot_classes
+
+    if not reason.strip():
+        raise LedgerError(f"hold of lot {lot}: say why (the reason is recorded in the ledger)")
+    with Ledger(ledger_path(cfg.data_dir)) as led:
+        return led.append(ev_mod.lot_held(lot_classes(led, [lot]), by, reason, time.time_ns())).idx
+
+
+def export_bundle(cfg: Config, out: Path, lot: str | None = None) -> BundleSummary:
+    """The audit bundle (zip): events, checkpoints, proofs, public keys and a stand-alone verifier.
+
+    (Restored: `qctrace export bundle` calls it; commit 9246163 dropped it by accident.)
+    """
+    from ledger.bundle import write_bundle
+
+    keys = [str(v) for v in load_verifiers(keys_dir(cfg.data_dir))]
+    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
+        return write_bundle(led, out, keys, lot=lot, checkpoint_dir=checkpoint_dir(cfg.data_dir))
