@@ -57,16 +57,13 @@ def damage(frame: bytes, kind: str, rng: np.random.Generator) -> bytes:
     raise ValueError(kind)
 
 
-class PtyLogger:
-    """The device side of one logger: frames written to a pty master, non-blocking."""
+class PtyPort:
+    """The device end of a serial line on a pseudo-terminal: plug (``reconnect``), unplug
+    (``disconnect``), and non-blocking writes that drop what the line cannot take, as a UART
+    overruns. The Modbus device simulator relays its server's line through one of these too."""
 
-    def __init__(self, logger: str, link: Path | None = None, baudrate: int | None = None) -> None:
-        self.logger = logger
+    def __init__(self, link: Path | None = None) -> None:
         self.link = link
-        self.baudrate = baudrate
-        self.seq = 0
-        self.frames_written = 0
-        self.frames_dropped = 0
         self._master = self._slave = -1
         self.path = ""
         self.reconnect()
@@ -74,6 +71,10 @@ class PtyLogger:
     @property
     def connected(self) -> bool:
         return self._master >= 0
+
+    def fileno(self) -> int:
+        """The master side (what the device writes to and reads what the host sent from); -1 unplugged."""
+        return self._master
 
     def reconnect(self) -> None:
         """Plug in: a new pty (a new /dev/pts path) and the stable link pointed at it."""
@@ -113,6 +114,31 @@ class PtyLogger:
         """What a reader should open: the stable link if there is one."""
         return str(self.link) if self.link is not None else self.path
 
+    def send(self, data: bytes) -> bool:
+        """Write without blocking; True only if every byte went on the line."""
+        if not self.connected:
+            return False
+        try:
+            n = os.write(self._master, data)
+        except (BlockingIOError, OSError):
+            n = 0
+        return n == len(data)
+
+    def close(self) -> None:
+        self.disconnect()
+
+
+class PtyLogger(PtyPort):
+    """The device side of one logger: frames written to a pty master, non-blocking."""
+
+    def __init__(self, logger: str, link: Path | None = None, baudrate: int | None = None) -> None:
+        self.logger = logger
+        self.baudrate = baudrate
+        self.seq = 0
+        self.frames_written = 0
+        self.frames_dropped = 0
+        super().__init__(link)
+
     def pacing_s(self, n_bytes: int) -> float:
         """Time the bytes take on the wire at the configured baud rate (8N1: 10 bits a byte)."""
         return 0.0 if not self.baudrate else n_bytes * 10 / self.baudrate
@@ -124,18 +150,8 @@ class PtyLogger:
         (a UART overrun), counted as dropped and reported False, so ground truth lists only
         frames that were sent whole.
         """
-        if not self.connected:
-            self.frames_dropped += 1
-            return False
-        try:
-            n = os.write(self._master, data)
-        except (BlockingIOError, OSError):
-            n = 0
-        if n < len(data):
+        if not self.send(data):
             self.frames_dropped += 1
             return False
         self.frames_written += 1
         return True
-
-    def close(self) -> None:
-        self.disconnect()
