@@ -1,81 +1,157 @@
 """Parquet sink: Hive-partitioned (``site=/line=/date=``), zstd, sorted by (sensor, ts) per file.
 
-Commit protocol (one writer per dataset):
+Exactly once: a reading is named by (source, seq). The sink keeps, per source, the exact set of
+committed seqs as merged intervals (``ingest.seqranges``), so a redelivered batch is dropped
+whatever order batches arrive in (MQTT shared subscriptions and spool replay reorder them), and a
+late reading is kept and lands in the partition of its own source time.
 
-1. Each partition's rows are written to ``.<name>.tmp`` beside the final name and fsynced.
-2. Each temporary file is renamed to its final ``part-*.parquet`` name; the directory is fsynced.
-3. The commit record ``<state>/commit.json`` (every committed file with its rows and SHA-256, and
-   the highest ``seq`` per source) is written to a temporary file, fsynced and renamed over the
-   old one. Only now is the batch committed.
+Commit protocol (one sink per dataset; the compactor and retention may change the record too):
 
-On open, any ``part-*.parquet`` not named in the commit record (a crash between 2 and 3) and any
-``.tmp`` file (a crash in 1) is deleted: its rows were never committed, so upstream still holds
-them and will deliver them again. Rows whose ``seq`` is at or below their source's high-water mark
-are dropped as duplicates before they are buffered.
+1. Rows are ordered by (partition, sensor, ts) with a counting-sort kernel (``ingest.sink_kernels``);
+   each partition is encoded to Parquet in memory, hashed (SHA-256) and written to
+   ``.<name>.tmp`` beside its final name, and fsynced.
+2. The commit lock is taken (``ingest.commit_record.locked``).
+3. Each temporary file is renamed to its final ``part-*.parquet`` name; each directory is fsynced.
+4. The commit record (files with rows, SHA-256, lots and time bounds; committed seq intervals per
+   source; ``extra``, e.g. the detector state's file) is re-read if another writer changed it,
+   updated, and replaced atomically. Only now is the batch committed. The lock is released.
 
-Readers that glob the directory may briefly see a file between steps 2 and 3. The partition
-columns live in the path only, as Hive layout expects; ``read_dataset`` restores them.
+A failure in any step raises ``SinkCommitError`` naming the path and the OS error; files of the
+failed commit are removed, the rows stay buffered and the seqs uncommitted, so upstream is not
+acknowledged and the next ``flush`` retries. On open (under the lock), any ``part-*.parquet`` the
+record does not name (a crash between 3 and 4) and any sink ``.tmp`` file (a crash in 1) is
+deleted: their rows were never committed, so upstream still holds them and delivers them again.
+Readers take the file list from the record (``ingest.query.snapshot_files``), never from a glob,
+so they never see a file between 3 and 4. The partition columns live in the path only, as Hive
+layout expects; ``read_dataset`` restores them.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import hashlib
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from qctrace.durable import fsync_dir, sha256_file
+from ingest.commit_record import CommittedFile, Snapshot, locked, read_snapshot, state_dir_of, write_snapshot
+from ingest.seqranges import SeqRanges
+from ingest.sink_kernels import partition_order
+from qctrace.durable import fsync_dir
 from qctrace.errors import SinkCommitError
-from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch, source_keys
+from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CommittedFile", "ParquetSink", "read_dataset", "storage_error"]
+
 PARTITION_COLUMNS = ("site", "line")
-_FILE_SCHEMA = pa.schema([f for f in READING_SCHEMA if f.name not in PARTITION_COLUMNS],
-                         metadata={b"qctrace.schema_version": str(SCHEMA_VERSION).encode()})
+DAY_NS = 86_400_000_000_000
+FILE_METADATA = {b"qctrace.schema_version": str(SCHEMA_VERSION).encode()}
+_FILE_SCHEMA = pa.schema([f for f in READING_SCHEMA if f.name not in PARTITION_COLUMNS], metadata=FILE_METADATA)
+ROW_GROUP_ROWS = 1 << 17
+"""Rows per row group: large enough for scans, small enough that row-group statistics let a query
+with a time or lot filter skip most of a compacted file."""
 
 
-@dataclass(frozen=True, slots=True)
-class CommittedFile:
-    path: str  # relative to the dataset root
-    rows: int
-    sha256: str
+def storage_error(action: str, path: Path, exc: OSError, rows: int) -> SinkCommitError:
+    """The error a user sees when the disk refuses a commit: what, where, why, and what happens now."""
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    name = errno.errorcode.get(exc.errno or 0, "")
+    hint = {errno.ENOSPC: "free disk space", errno.EDQUOT: "raise the quota", errno.EROFS: "remount read-write",
+            errno.EACCES: "fix the permissions", errno.EPERM: "fix the permissions"}.get(exc.errno or 0,
+                                                                                       "fix the cause")
+    return SinkCommitError(f"{action} {exc.filename or path}: {why}{f' ({name})' if name else ''}; {rows} readings"
+                           f" stay pending and are not acknowledged upstream; {hint} and ingest retries")
 
 
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """Dictionary codes (int) and names of a string or dictionary column."""
-    enc = pc.dictionary_encode(col.cast(pa.string()) if not pa.types.is_dictionary(col.type) else col)
-    enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.cast(pa.string()).to_pylist()
+def write_parquet(table: pa.Table, path: Path, row_group_rows: int = ROW_GROUP_ROWS) -> str:
+    """Write ``table`` to ``.<name>.tmp`` beside ``path`` and fsync it; returns its SHA-256.
+
+    The file is encoded in memory and hashed there, so the hash costs no second read of the file.
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_rows, write_page_index=True)
+    buf = sink.getvalue()
+    tmp = tmp_path(path)
+    with open(tmp, "wb") as fh:
+        fh.write(buf)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return hashlib.sha256(buf).hexdigest()
+
+
+def tmp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp")
+
+
+def partition_dir(root: Path, site: str, line: str, day: int) -> Path:
+    when = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+    return root / f"site={quote(site, safe='')}" / f"line={quote(line, safe='')}" / f"date={when}"
+
+
+def _indices(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Codes and names of a single-chunk dictionary column."""
+    arr = col.chunk(0) if isinstance(col, pa.ChunkedArray) else col
+    return arr.indices.to_numpy(zero_copy_only=False), arr.dictionary.to_pylist()
 
 
 class ParquetSink:
-    def __init__(self, root: Path, state_dir: Path, flush_rows: int = 200_000, flush_age_s: float = 1.0) -> None:
+    def __init__(self, root: Path, state_dir: Path | None = None, flush_rows: int = 200_000,
+                 flush_age_s: float = 1.0, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         self.root = root
-        self.state_dir = state_dir
+        self.state_dir = state_dir if state_dir is not None else state_dir_of(root)
         self.flush_rows = flush_rows
         self.flush_age_s = flush_age_s
-        self.files: list[CommittedFile] = []
-        self.committed_hwm: dict[str, int] = {}
-        self._accepted_hwm: dict[str, int] = {}
+        self.row_group_rows = row_group_rows
+        self._snap = Snapshot()
+        self._snap_id: tuple[int, int] | None = None
+        self._committed: dict[str, SeqRanges] = {}
+        self._accepted: dict[str, SeqRanges] = {}
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._first_buffered = 0.0
         self.duplicates_dropped = 0
-        self.rows_committed = 0
-        self.extra: dict = {}  # what else the last commit recorded (e.g. the detector state's file)
         self._open()
+
+    # ------------------------------------------------------------------ what is committed
+
+    @property
+    def files(self) -> list[CommittedFile]:
+        return self._snap.files
+
+    @property
+    def extra(self) -> dict:
+        """What else the last commit recorded (e.g. the detector state's file)."""
+        return self._snap.extra
+
+    @property
+    def rows_committed(self) -> int:
+        return self._snap.rows
+
+    @property
+    def committed_hwm(self) -> dict[str, int]:
+        """The highest committed seq per source (lower seqs may still be missing: see ``covers``)."""
+        return {k: r.high for k, r in self._committed.items() if len(r)}
+
+    def committed_ranges(self, source: str) -> list[tuple[int, int]]:
+        """The committed seqs of ``source`` as sorted, disjoint, inclusive intervals."""
+        r = self._committed.get(source)
+        return r.pairs() if r is not None else []
+
+    def covers(self, source: str, lo: int, hi: int) -> bool:
+        """Every seq of ``source`` in [lo, hi] is committed: upstream may drop them (acknowledge)."""
+        r = self._committed.get(source)
+        return hi < lo or (r is not None and r.covers(lo, hi))
 
     @property
     def pending_rows(self) -> int:
@@ -86,46 +162,80 @@ class ParquetSink:
     def commit_path(self) -> Path:
         return self.state_dir / "commit.json"
 
+    # ------------------------------------------------------------------ open and recover
+
     def _open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.commit_path.exists():
-            rec = json.loads(self.commit_path.read_text())
-            self.files = [CommittedFile(**f) for f in rec["files"]]
-            self.committed_hwm = {k: int(v) for k, v in rec["hwm"].items()}
-            self.extra = rec.get("extra", {})
-        self._accepted_hwm = dict(self.committed_hwm)
-        self.rows_committed = sum(f.rows for f in self.files)
-        known = {f.path for f in self.files}
-        for p in self.root.rglob("*"):
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with locked(self.state_dir):
+                self._reload()
+                self._recover()
+        except OSError as exc:
+            raise storage_error("cannot open the dataset at", self.root, exc, 0) from exc
+        self._committed = {k: SeqRanges(v) for k, v in self._snap.ranges.items()}
+        self._accepted = {k: v.copy() for k, v in self._committed.items()}
+
+    def _reload(self) -> None:
+        """Re-read the record if another writer (compactor, retention) replaced it since we last did."""
+        try:
+            st = os.stat(self.commit_path)
+        except FileNotFoundError:
+            return
+        if (st.st_ino, st.st_mtime_ns) != self._snap_id:
+            self._snap = read_snapshot(self.state_dir) or Snapshot()
+            self._snap_id = (st.st_ino, st.st_mtime_ns)
+
+    def _recover(self) -> None:
+        known = {f.path for f in self._snap.files} | {r.path for r in self._snap.retired}
+        for p in self.root.rglob("*part-*"):
             rel = p.relative_to(self.root).as_posix()
-            if p.is_file() and (p.name.endswith(".tmp") or (p.suffix == ".parquet" and rel not in known)):
+            uncommitted = p.name.startswith("part-") and p.suffix == ".parquet" and rel not in known
+            if uncommitted or (p.name.startswith(".part-") and p.name.endswith(".tmp")):
                 log.warning("sink.recover removing_uncommitted=%s", rel)
                 p.unlink()
 
-    def dedupe(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The rows of ``batch`` not seen before (by source high-water mark); marks them seen.
+    # ------------------------------------------------------------------ dedupe and buffer
 
-        Sources deliver in ``seq`` order (the in-process transport and a per-source spool
-        preserve it), so a high-water mark per source is an exact duplicate test.
+    def dedupe(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of ``batch`` not seen before (by exact (source, seq)); marks them seen.
+
+        Seen means committed or buffered for the next commit: a redelivery of either is dropped.
+        Duplicates inside the batch keep their first row.
         """
         check_batch(batch)
-        if batch.num_rows == 0:
+        n = batch.num_rows
+        if n == 0:
             return batch
-        enc = pc.dictionary_encode(source_keys(batch))
-        names = enc.dictionary.to_pylist()
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        seq = batch.column("seq").to_numpy().astype(np.int64)
-        hwm = np.array([self._accepted_hwm.get(n, -1) for n in names], dtype=np.int64)
-        fresh = seq > hwm[codes]
-        new_max = np.full(len(names), -1, dtype=np.int64)
-        np.maximum.at(new_max, codes, seq)
-        for i, n in enumerate(names):
-            if new_max[i] > self._accepted_hwm.get(n, -1):
-                self._accepted_hwm[n] = int(new_max[i])
-        kept = int(fresh.sum())
-        self.duplicates_dropped += len(seq) - kept
-        return batch if kept == len(seq) else batch.filter(pa.array(fresh))
+        seq = batch.column("seq").to_numpy().view(np.int64)
+        cols = [batch.column(c) for c in ("site", "line", "device")]
+        codes = [c.indices.to_numpy(zero_copy_only=False).astype(np.int64) for c in cols]
+        sizes = [len(c.dictionary) for c in cols]
+        key = (codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2]
+        if key[0] == key.min() == key.max():
+            groups: list[tuple[int, np.ndarray | None]] = [(int(key[0]), None)]
+        else:
+            uniq, inv = np.unique(key, return_inverse=True)
+            groups = [(int(u), np.flatnonzero(inv == g)) for g, u in enumerate(uniq)]
+        keep = np.ones(n, dtype=bool)
+        for k, rows in groups:
+            s, rest = divmod(k, sizes[1] * sizes[2])
+            ln, d = divmod(rest, sizes[2])
+            name = f"{cols[0].dictionary[s].as_py()}/{cols[1].dictionary[ln].as_py()}/{cols[2].dictionary[d].as_py()}"
+            seqs = seq if rows is None else seq[rows]
+            acc = self._accepted.setdefault(name, SeqRanges())
+            fresh = ~acc.contains(seqs)
+            if len(seqs) > 1 and not bool(np.all(seqs[1:] > seqs[:-1])):
+                first = np.zeros(len(seqs), dtype=bool)
+                first[np.unique(seqs, return_index=True)[1]] = True
+                fresh &= first
+            acc.add(seqs[fresh])
+            if rows is None:
+                keep = fresh
+            else:
+                keep[rows] = fresh
+        kept = int(keep.sum())
+        self.duplicates_dropped += n - kept
+        return batch if kept == n else batch.filter(pa.array(keep))
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Buffer rows (already deduplicated and flagged) for the next commit."""
@@ -140,83 +250,101 @@ class ParquetSink:
         return self._buffered_rows >= self.flush_rows or (
             self._buffered_rows > 0 and time.monotonic() - self._first_buffered >= self.flush_age_s)
 
+    # ------------------------------------------------------------------ commit
+
+    def _layout(self, table: pa.Table) -> list[tuple[Path, pa.Table, CommittedFile]]:
+        """Split and sort the buffered rows into one table per partition (no I/O)."""
+        site_c, site_n = _indices(table.column("site"))
+        line_c, line_n = _indices(table.column("line"))
+        sensor_c, sensor_n = _indices(table.column("sensor"))
+        rank = np.argsort(np.argsort(np.array(sensor_n, dtype=object), kind="stable"), kind="stable")
+        ts = table.column("ts").chunk(0).view(pa.int64()).to_numpy()
+        day = ts // DAY_NS
+        d0 = int(day.min())
+        n_days = int(day.max()) - d0 + 1
+        part = (site_c.astype(np.int64) * len(line_n) + line_c) * n_days + (day - d0)
+        order, bounds, ids = partition_order(part, rank[sensor_c], ts, len(sensor_n))
+        data = table.drop_columns(list(PARTITION_COLUMNS)).take(pa.array(order)).replace_schema_metadata(
+            FILE_METADATA)
+        ts_sorted = ts[order]
+        lot = table.column("lot").chunk(0)
+        lot_c = lot.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        lot_names = lot.dictionary.to_pylist()
+        if lot.null_count:
+            lot_c = np.where(lot.is_null().to_numpy(zero_copy_only=False), len(lot_names), lot_c)
+        lot_sorted = lot_c[order]
+        out = []
+        for j, p in enumerate(ids.tolist()):
+            a, b = int(bounds[j]), int(bounds[j + 1])
+            rest, dd = divmod(p, n_days)
+            s, ln = divmod(rest, len(line_n))
+            present = np.flatnonzero(np.bincount(lot_sorted[a:b], minlength=len(lot_names) + 1)[:len(lot_names)])
+            final = partition_dir(self.root, site_n[s], line_n[ln], d0 + dd) / \
+                f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            meta = CommittedFile(final.relative_to(self.root).as_posix(), b - a, "",
+                                 tuple(sorted({lot_names[i] for i in present.tolist()})),
+                                 int(ts_sorted[a:b].min()), int(ts_sorted[a:b].max()))
+            out.append((final, data.slice(a, b - a), meta))
+        return out
+
     def flush(self, extra: dict | None = None) -> list[CommittedFile]:
         """Write and commit everything buffered; returns the files committed. ``extra`` goes into the
         same atomic commit record (ingest names the detector state that matches the data here)."""
         if not self._buffer:
             return []
         table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
-        # Partition and sort on integers: site/line dictionary codes and the UTC day number, then
-        # each partition by (sensor name rank, ts). Formatting a date string per row and sorting on
-        # strings cost 70 % of a commit (measured by bench/sink.py).
-        site_codes, site_names = _codes(table.column("site"))
-        line_codes, line_names = _codes(table.column("line"))
-        sensor_codes, sensor_names = _codes(table.column("sensor"))
-        sensor_rank = np.argsort(np.argsort(np.array(sensor_names, dtype=object), kind="stable"), kind="stable")
-        ts = table.column("ts").cast(pa.int64()).to_numpy()
-        day = ts // 86_400_000_000_000
-        part = (site_codes.astype(np.int64) * (len(line_names) + 1) + line_codes) * 1_000_000 + (day - day.min())
-        order = np.lexsort((ts, sensor_rank[sensor_codes], part))
-        part_sorted = part[order]
-        bounds = np.flatnonzero(np.diff(part_sorted)) + 1
-        staged: list[tuple[Path, Path, int]] = []
+        n = table.num_rows
+        staged: list[tuple[Path, CommittedFile]] = []
+        renamed: list[Path] = []
         try:
-            for chunk in np.split(order, bounds):
-                first = chunk[0]
-                site, line = site_names[site_codes[first]], line_names[line_codes[first]]
-                when = datetime.fromtimestamp(int(day[first]) * 86_400, UTC).strftime("%Y-%m-%d")
-                rows = table.take(pa.array(chunk)).drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
-                    _FILE_SCHEMA.metadata)
-                d = self.root / f"site={quote(site, safe='')}" / f"line={quote(line, safe='')}" / f"date={when}"
-                d.mkdir(parents=True, exist_ok=True)
-                final = d / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-                tmp = d / f".{final.name}.tmp"
-                # Step 1: write under a temporary name and fsync.
-                with open(tmp, "wb") as fh:
-                    pq.write_table(rows.cast(_FILE_SCHEMA), fh, compression="zstd", row_group_size=1 << 20)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                staged.append((tmp, final, rows.num_rows))
-            # Step 2: rename into place.
-            new_files = []
-            for tmp, final, n in staged:
-                os.replace(tmp, final)
-                fsync_dir(final.parent)
-                new_files.append(CommittedFile(final.relative_to(self.root).as_posix(), n, sha256_file(final)))
-            log.info("sink.step2 renamed=%d", len(new_files))
-            # Step 3: the commit record, atomically.
-            self._write_commit(self.files + new_files, self._accepted_hwm, extra or {})
+            # Step 1: order, encode, hash, write under a temporary name, fsync.
+            for final, rows, meta in self._layout(table):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                sha = write_parquet(rows, final, self.row_group_rows)
+                staged.append((final, CommittedFile(meta.path, meta.rows, sha, meta.lots, meta.ts_min, meta.ts_max)))
+            log.info("sink.step1 written=%d rows=%d", len(staged), n)
+            # Step 2: the commit lock (the compactor or retention may be changing the record).
+            with locked(self.state_dir):
+                # Step 3: rename into place; fsync each directory once.
+                for final, _ in staged:
+                    os.replace(tmp_path(final), final)
+                    renamed.append(final)
+                for d in {f.parent for f, _ in staged}:
+                    fsync_dir(d)
+                log.info("sink.step3 renamed=%d", len(renamed))
+                # Step 4: the commit record, atomically.
+                self._reload()
+                new_files = [m for _, m in staged]
+                snap = Snapshot(self._snap.generation + 1, self._snap.files + new_files,
+                                {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired)
+                write_snapshot(self.state_dir, snap)
+                st = os.stat(self.commit_path)
+                self._snap, self._snap_id = snap, (st.st_ino, st.st_mtime_ns)
         except OSError as exc:
-            for tmp, _, _ in staged:
-                tmp.unlink(missing_ok=True)
-            raise SinkCommitError(f"{self.root}: cannot commit {table.num_rows} readings: {exc}") from exc
-        self.files.extend(new_files)
-        self.extra = extra or {}
-        self.committed_hwm = dict(self._accepted_hwm)
-        self.rows_committed += table.num_rows
+            for final, _ in staged:
+                with_tmp = [tmp_path(final)] + ([final] if final in renamed else [])
+                for p in with_tmp:
+                    try:
+                        p.unlink(missing_ok=True)
+                    except OSError:
+                        log.warning("sink.cleanup cannot_remove=%s", p)
+            raise storage_error("cannot commit to", self.root, exc, n) from exc
+        self._committed = {k: r.copy() for k, r in self._accepted.items()}
         self._buffer.clear()
         self._buffered_rows = 0
-        log.info("sink.commit files=%d rows=%d", len(new_files), table.num_rows)
+        log.info("sink.commit generation=%d files=%d rows=%d", self._snap.generation, len(new_files), n)
         return new_files
 
-    def _write_commit(self, files: list[CommittedFile], hwm: dict[str, int], extra: dict) -> None:
-        rec = {"version": 1, "schema_version": SCHEMA_VERSION, "hwm": hwm, "extra": extra,
-               "files": [{"path": f.path, "rows": f.rows, "sha256": f.sha256} for f in files]}
-        tmp = self.commit_path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(rec, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.commit_path)
-        fsync_dir(self.state_dir)
 
-
-def read_dataset(root: Path) -> pa.Table:
-    """Every committed reading under ``root`` as a ``READING_SCHEMA`` table (cold path, tests)."""
-    files = sorted(str(p) for p in root.rglob("part-*.parquet"))
+def read_dataset(root: Path, state_dir: Path | None = None) -> pa.Table:
+    """Every committed reading under ``root`` as a ``READING_SCHEMA`` table (cold path, tests), from
+    the files the commit record names (so files being compacted or retired are never counted twice)."""
+    snap = read_snapshot(state_dir if state_dir is not None else state_dir_of(root))
+    files = [str(root / f.path) for f in snap.files] if snap else []
     if not files:
         return READING_SCHEMA.empty_table()
     part = ds.partitioning(pa.schema([("site", pa.string()), ("line", pa.string())]), flavor="hive")
     dataset = ds.dataset(files, format="parquet", partitioning=part, partition_base_dir=str(root))
     table = dataset.to_table(columns=[*READING_SCHEMA.names])
     return pa.Table.from_arrays([table.column(f.name).cast(f.type) for f in READING_SCHEMA], schema=READING_SCHEMA)
+
