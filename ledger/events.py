@@ -40,9 +40,19 @@ DATA_COMMITTED = "data_committed"  # ObjectEvent: a Parquet file with its SHA-25
 LOT_HELD = "lot_held"
 LOT_RELEASED = "lot_released"
 LOT_RECALLED = "lot_recalled"
+# ISA-18.2 alarm state changes (ObjectEvent inspecting, with qctrace:alarm and qctrace:by)
+ALARM_RAISED = "alarm_raised"
+ALARM_CLEARED = "alarm_cleared"
+ALARM_ACKNOWLEDGED = "alarm_acknowledged"
+ALARM_SHELVED = "alarm_shelved"
+ALARM_UNSHELVED = "alarm_unshelved"
+ALARM_REMOVED = "alarm_removed"  # out of service
+ALARM_RESTORED = "alarm_restored"  # back in service
+ALARM_KINDS = (ALARM_RAISED, ALARM_CLEARED, ALARM_ACKNOWLEDGED, ALARM_SHELVED, ALARM_UNSHELVED, ALARM_REMOVED,
+               ALARM_RESTORED)
 
 KINDS = (LOT_PRODUCED, INPUT_RECEIVED, QC_RESULT, ANOMALY_EPISODE, DATA_GAP, LOT_PACKED, LOGGER_ATTACHED,
-         SHIPMENT_MOVED, LOT_DELIVERED, DATA_COMMITTED, LOT_HELD, LOT_RELEASED, LOT_RECALLED)
+         SHIPMENT_MOVED, LOT_DELIVERED, DATA_COMMITTED, LOT_HELD, LOT_RELEASED, LOT_RECALLED, *ALARM_KINDS)
 EPCIS_TYPES = ("ObjectEvent", "AggregationEvent", "TransformationEvent", "TransactionEvent", "AssociationEvent")
 
 NS = "qctrace"
@@ -272,6 +282,26 @@ def lot_recalled(lot_classes: Sequence[str], by: str, reason: str, at_ns: int,
     """A recall of the named lots with its computed scope (shipments, locations, customers)."""
     return _status(LOT_RECALLED, "recalled", lot_classes, by, reason, at_ns,
                    **{f"{NS}:scope": {k: sorted(v) for k, v in scope.items()}})
+
+
+# ---------------------------------------------------------------- alarms
+
+def alarm_event(kind: str, alarm: dict[str, Any], by: str, at_ns: int, lot: str | None = None,
+                gtin: str | None = None, comment: str = "") -> dict[str, Any]:
+    """An alarm state change (ISA-18.2) and who made it. ``alarm`` is the alarm as it is afterwards
+    (id, sensor, rule, priority, state, ...); the raise names the lot, so a lot's trace shows its alarms."""
+    if kind not in ALARM_KINDS:
+        raise InvalidEvent(f"{kind!r} is not an alarm event kind ({', '.join(ALARM_KINDS)})")
+    if not by:
+        raise InvalidEvent(f"{kind}: say who did it (user name)")
+    if not alarm.get("id") or not alarm.get("sensor"):
+        raise InvalidEvent(f"{kind}: the alarm needs an id and a sensor, got {str(alarm)[:200]}")
+    site, line = [*alarm["sensor"].split("/"), ""][:2]
+    where = _line(site, line) if line else {"readPoint": {"id": location_id(site)}}
+    return _base(kind, "ObjectEvent", at_ns, action="OBSERVE", epcList=[],
+                 quantityList=_qty([lot_class(lot, gtin)]) if lot and gtin else [], bizStep="inspecting",
+                 **where, **{f"{NS}:alarm": {k: v for k, v in alarm.items() if v is not None}, f"{NS}:by": by,
+                             f"{NS}:comment": comment[:2000] or None})
 
 
 # ---------------------------------------------------------------- reading events back

@@ -29,6 +29,7 @@ from ingest import Ingest, read_dataset
 from ingest.detect import warm_up
 from ledger import Ledger, events
 from ledger.publish import anchor_checkpoint
+from qctrace.alarm_ops import AlarmFeed
 from qctrace.config import Config
 from qctrace.errors import QctraceError, ReaderError
 from qctrace.ledger_ops import (
@@ -186,8 +187,10 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     ledger = Ledger(ledger_path(data_dir))
     checkpointer = Checkpointer(cfg, ledger)
 
+    alarm_feed = AlarmFeed(cfg)  # episodes and gaps become ISA-18.2 alarms, recorded and notified
+
     def record(facts: list) -> None:
-        ledger.append_many(provenance.events_for(facts))
+        ledger.append_many(provenance.events_for(alarm_feed(facts)))
         checkpointer.maybe()
 
     ingest = Ingest(data_dir, cfg.detect, cfg.sink, record)
@@ -241,6 +244,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
                 raise
         await transport.close()
         await ingest_task
+        ledger.append_many(provenance.events_for(alarm_feed.close()))
     finally:
         await _tell(sim.proc, "quit")
         for c in children:

@@ -475,5 +475,103 @@ def users_hash_password(name: str | None, role: str, password: str) -> None:
         click.echo(f'[dashboard.auth.users.{name}]\nrole = "{role}"\npassword_hash = "{digest}"')
 
 
+@cli.group()
+def alarms() -> None:
+    """ISA-18.2 alarms raised from anomaly episodes, cold-chain excursions and data gaps.
+
+    Every acknowledgement, shelving and unshelving is a ledger event carrying --by.
+    """
+
+
+def _alarm_line(v) -> str:
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(v.raised_ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    extra = f"  acked by {v.acked_by}" if v.acked_by else ""
+    if v.shelved_until_ns:
+        extra += "  shelved until " + dt.datetime.fromtimestamp(v.shelved_until_ns / 1e9, dt.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S")
+    return f"{v.id}  {v.state:<14} {v.priority:<8} {t}  {v.message}{extra}"
+
+
+def _duration_s(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text)
+    if not m or not any(m.groups()):
+        raise click.BadParameter(f"{text!r}: write a duration like 2h, 30m, 90s or 1h30m")
+    h, mi, s = (float(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+@alarms.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also alarms that returned to normal and were acknowledged.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per alarm.")
+@_config_option
+@_data_dir_option
+@_errors
+def alarms_list(show_all: bool, as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
+    """Alarms needing attention: unacknowledged first, then by priority, newest first."""
+    import dataclasses
+
+    from qctrace.alarm_ops import list_alarms
+
+    views = list_alarms(_load(config_path, data_dir), active_only=not show_all)
+    for v in views:
+        click.echo(json.dumps(dataclasses.asdict(v)) if as_json else _alarm_line(v))
+    if not views and not as_json:
+        click.echo("no alarms" + ("" if show_all else " needing attention (--all shows every alarm)"))
+
+
+_by_option = click.option("--by", "user", required=True, help="Your name: recorded in the ledger with the change.")
+_comment_option = click.option("--comment", default="", help="Why (recorded in the ledger).")
+
+
+@alarms.command("ack")
+@click.argument("alarm_id")
+@_by_option
+@_comment_option
+@_config_option
+@_data_dir_option
+@_errors
+def alarms_ack(alarm_id: str, user: str, comment: str, config_path: Path | None, data_dir: Path | None) -> None:
+    """Acknowledge alarm ALARM_ID (acknowledging again changes nothing)."""
+    from qctrace.alarm_ops import acknowledge
+
+    click.echo(_alarm_line(acknowledge(_load(config_path, data_dir), alarm_id, user, comment)))
+
+
+@alarms.command("shelve")
+@click.argument("alarm_id")
+@click.option("--for", "for_", required=True, metavar="DURATION", help="How long, e.g. 2h, 30m, 1h30m.")
+@_by_option
+@_comment_option
+@_config_option
+@_data_dir_option
+@_errors
+def alarms_shelve(alarm_id: str, for_: str, user: str, comment: str, config_path: Path | None,
+                  data_dir: Path | None) -> None:
+    """Shelve alarm ALARM_ID for a while; it comes back by itself when the time is up."""
+    import time as _time
+
+    from qctrace.alarm_ops import shelve
+
+    until = _time.time_ns() + round(_duration_s(for_) * 1e9)
+    click.echo(_alarm_line(shelve(_load(config_path, data_dir), alarm_id, user, until, comment)))
+
+
+@alarms.command("unshelve")
+@click.argument("alarm_id")
+@_by_option
+@_config_option
+@_data_dir_option
+@_errors
+def alarms_unshelve(alarm_id: str, user: str, config_path: Path | None, data_dir: Path | None) -> None:
+    """Unshelve alarm ALARM_ID before its shelving ends."""
+    from qctrace.alarm_ops import unshelve
+
+    click.echo(_alarm_line(unshelve(_load(config_path, data_dir), alarm_id, user)))
+
+
 def main() -> None:
     cli(prog_name="qctrace")

@@ -187,8 +187,103 @@ class SpoolConfig(_Frozen):
     """The edge's durable store-and-forward spool."""
 
 
+PRIORITIES = ("critical", "high", "medium", "low")
+"""Alarm priorities, most urgent first (EEMUA 191 suggests about 5 % / 15 % / 80 % of alarms from high to low)."""
+
+Priority = Literal["critical", "high", "medium", "low"]
+
+
+class AlarmSensorRule(_Frozen):
+    """Alarm settings for the sensors whose key ``site/line/device/sensor`` matches ``match`` (fnmatch)."""
+
+    match: str
+    enabled: bool = True  # False: these sensors' episodes stay in the ledger but raise no alarm
+    priority: Priority | None = None  # every rule on these sensors
+    priorities: dict[str, Priority] = {}  # per rule, over ``priority``
+
+
+class MqttAlarmConfig(_Frozen):
+    """Alarms published to the Unified Namespace: ``{prefix}/{site}/{line}/alarms/{alarm id}``, QoS 1."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    prefix: str = "qctrace/v1"
+    username: str | None = None
+    password_env: str | None = None  # name of the environment variable holding the password
+    password_file: Path | None = None  # or a file only its owner can read (0600)
+    min_priority: Priority = "low"
+
+
+class WebhookConfig(_Frozen):
+    """A JSON POST per alarm state change, signed ``X-Qctrace-Signature: sha256=<hex HMAC-SHA256 of the body>``."""
+
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str | None = None  # the HMAC key: an environment variable ...
+    secret_file: Path | None = None  # ... or a 0600 file; neither: unsigned
+    min_priority: Priority = "low"
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    backoff_s: Annotated[float, Field(ge=0)] = 0.5  # first retry wait; doubles each time, capped at 30 s
+
+
+class EmailConfig(_Frozen):
+    """Mail through an SMTP server (STARTTLS when the server offers it and ``starttls`` is on)."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    sender: str = "qctrace@localhost"
+    to: tuple[str, ...] = Field(min_length=1)
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    starttls: bool = True
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    min_priority: Priority = "high"
+
+
+DEFAULT_PRIORITIES: dict[str, Priority] = {
+    "excursion": "critical", "door": "high", "spec": "high", "gap": "medium", "stuck": "medium", "cusum": "medium",
+    "quality": "medium", "ewma": "low", "spike": "low", "nelson": "low", "rate": "low"}
+
+
 class AlarmsConfig(_Frozen):
-    """Alarm management (ISA-18.2 states, flood control) and notification channels."""
+    """Alarm management (ISA-18.2 states, flood control) and notification channels.
+
+    Priority comes from the rule (``priorities``), refined per sensor by ``[[alarms.sensors]]``.
+    Flood control: ``on_delay_s`` per rule (shorter episodes raise nothing), ``off_delay_s`` (an
+    episode of the same sensor and rule back within it continues the alarm: chattering stays one
+    alarm), ``group_window_s`` (episodes on one line within it of an alarm join that alarm).
+    """
+
+    enabled: bool = True
+    priorities: dict[str, Priority] = DEFAULT_PRIORITIES
+    sensors: tuple[AlarmSensorRule, ...] = ()
+    on_delay_s: dict[str, Annotated[float, Field(ge=0)]] = {}
+    off_delay_s: Annotated[float, Field(ge=0)] = 60.0
+    group_window_s: Annotated[float, Field(ge=0)] = 120.0
+    shelve_max_s: Annotated[float, Field(gt=0)] = 12 * 3600.0  # ISA-18.2: shelving is always time-limited
+    mqtt: MqttAlarmConfig = MqttAlarmConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    email: EmailConfig | None = None
+    notify_queue: Annotated[int, Field(ge=1)] = 10_000  # notifications waiting beyond this are dropped (logged)
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> AlarmsConfig:
+        named = [*self.priorities, *self.on_delay_s, *(r for s in self.sensors for r in s.priorities)]
+        unknown = sorted(set(named) - set(DEFAULT_PRIORITIES))
+        if unknown:
+            raise ValueError(f"unknown alarm rule(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_PRIORITIES)}")
+        return self
+
+
+class DashboardUser(_Frozen):
+    """One local dashboard user. Only a hash of the password is kept: ``qctrace users hash-password``
+    makes one (scrypt, a random salt per hash), so a leaked configuration file does not leak passwords."""
+
+    role: Literal["technician", "compliance", "admin"]
+    password_hash: str = Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$",
+                               description="scrypt$N$r$p$salt$hash, from `qctrace users hash-password`")
 
 
 class DashboardUser(_Frozen):

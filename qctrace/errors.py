@@ -9,6 +9,7 @@
     │   └── ReaderTimeout
     ├── FrameError                  one serial frame rejected (counted, never a reading)
     ├── SinkCommitError             the Parquet sink could not commit; upstream must not ack
+    ├── AlarmError                  an unknown alarm id, or a state change the alarm's state does not allow
     └── LedgerError
         ├── InvalidEvent            an event refused on append (nothing written)
         ├── AnchorError             the chain to anchor on cannot be reached or refused the anchor
@@ -66,6 +67,10 @@ class FrameError(QctraceError):
 
 class SinkCommitError(QctraceError):
     pass
+
+
+class AlarmError(QctraceError):
+    """An unknown alarm id, or an operator action its current state does not allow."""
 
 
 class LedgerError(QctraceError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_sim.scenario import COLDCHAIN_SITE, DEFAULT_GTIN, Line, Scenario, Shipment, lines_of, shipments_of
+from ingest.alarms import Transition
 from ingest.episodes import Episode
 from ingest.lots import LotFinished, LotStarted
 from ingest.sink import CommittedFile
@@ -76,6 +77,10 @@ class Provenance:
                                                   f.max_value, f.readings, unit=unit, sensor_type=stype))
             elif isinstance(f, Gap):
                 out.append(events.data_gap(f.source, f.start_ns, f.end_ns, f.reason))
+            elif isinstance(f, Transition):
+                from qctrace.alarm_ops import alarm_events
+
+                out += alarm_events([f], self.gtin_of)
             elif isinstance(f, CommittedFile):
                 out.append(events.data_committed(f.path, f.sha256, f.rows, max(self._now_ns, self.start_ns)))
         out += self.custody_until(self._now_ns)
