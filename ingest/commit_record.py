@@ -40,22 +40,29 @@ class CommittedFile:
     path: str  # relative to the dataset root
     rows: int
     sha256: str
-    lots: tuple[str, ...] = ()
-    ts_min: int = 0
-    ts_max: int = 0
+    lots: tuple[str, ...] | None = None  # None: not recorded (a version 1 record)
+    ts_min: int | None = None
+    ts_max: int | None = None
     replaces: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> CommittedFile:
-        return cls(d["path"], int(d["rows"]), d["sha256"], tuple(d.get("lots", ())), int(d.get("ts_min", 0)),
-                   int(d.get("ts_max", 0)), tuple(d.get("replaces", ())))
+        lots = d.get("lots")
+        return cls(d["path"], int(d["rows"]), d["sha256"], None if lots is None else tuple(lots), d.get("ts_min"),
+                   d.get("ts_max"), tuple(d.get("replaces", ())))
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["lots"], d["replaces"] = list(self.lots), list(self.replaces)
-        if not self.replaces:
-            del d["replaces"]
-        return d
+        d["lots"], d["replaces"] = None if self.lots is None else list(self.lots), list(self.replaces)
+        return {k: v for k, v in d.items() if v is not None and (k != "replaces" or v)}
+
+    def may_hold(self, lot: str | None = None, start_ns: int | None = None, end_ns: int | None = None) -> bool:
+        """False only when the file certainly holds no row of ``lot`` within [start, end]."""
+        if lot is not None and self.lots is not None and lot not in self.lots:
+            return False
+        if start_ns is not None and self.ts_max is not None and self.ts_max < start_ns:
+            return False
+        return not (end_ns is not None and self.ts_min is not None and self.ts_min > end_ns)
 
 
 @dataclass(frozen=True, slots=True)

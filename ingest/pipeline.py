@@ -50,6 +50,7 @@ class Ingest:
         self.lots = LotTracker()
         self.sink = ParquetSink(data_dir / "readings", data_dir / "ingest", sink.flush_rows, sink.flush_age_s)
         self.on_events = on_events
+        self.on_commit: list[Callable[[], None]] = []  # called after each durable commit (acks upstream)
         self.stats = IngestStats()
         self._generation = 0
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
@@ -102,6 +103,8 @@ class Ingest:
                 old.unlink(missing_ok=True)
         if files:
             self.on_events(list(files))
+        for fn in self.on_commit:
+            fn()
 
     def finish(self) -> None:
         """Commit what is buffered and close open episodes (end of run)."""

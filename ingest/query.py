@@ -1,41 +1,75 @@
 """Read-side queries over the Parquet dataset with DuckDB, for the CLI and the dashboard.
 
-Each query opens its own in-memory DuckDB connection (cheap) over the Hive-partitioned files, so
-readers share nothing with ingest and never slow it down. SQL refers to the dataset as
-``{SOURCE}``; every value, the file pattern included, is a bound parameter, never formatted in.
+Each query opens its own in-memory DuckDB connection (cheap) over the files named by one snapshot
+of the sink's commit record (``snapshot_files``), never a glob: a glob could see a file the sink
+renamed but has not committed yet, or a compacted file together with the files it replaces. The
+record also says which lots and which time span each file holds, so a lot or time query reads
+only the files that may hold its rows. SQL refers to the dataset as ``{SOURCE}``; every value,
+the file list included, is a bound parameter, never formatted in.
+
+A file of an old snapshot may be deleted once its grace period ends
+(``ingest.commit_record``); a query that hits a vanished file re-reads the record and runs again.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from ingest.commit_record import read_snapshot, state_dir_of
+
 log = logging.getLogger(__name__)
 
-SOURCE = "read_parquet($glob, hive_partitioning = true, union_by_name = true)"
+SOURCE = "read_parquet($files, hive_partitioning = true, union_by_name = true)"
+RETRIES = 3
+THREADS = 2
 
 
-def query(root: Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-    """Run ``sql`` (which reads ``SOURCE``) over the dataset; an empty table when there is none yet."""
-    if not root.is_dir() or not any(root.rglob("part-*.parquet")):
-        return pa.table({})
-    con = duckdb.connect()
-    try:
-        con.execute("SET threads = 1")
-        rel = con.sql(sql.replace("{SOURCE}", SOURCE),
-                      params={"glob": str(root / "**" / "part-*.parquet"), **(params or {})})
-        # DuckDB 2 names it to_arrow_table; 1.x has arrow(). Accept both.
-        return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
-    except duckdb.IOException as exc:
-        # A file can vanish between the glob and the read (sink recovery); the caller retries later.
-        log.warning("query.io_error=%s", exc)
-        return pa.table({})
-    finally:
-        con.close()
+def snapshot_files(root: Path, lot: str | None = None, start_ns: int | None = None, end_ns: int | None = None,
+                   state_dir: Path | None = None) -> list[str]:
+    """The committed files of the dataset at ``root`` as of one read of its commit record, without
+    those that certainly hold no row of ``lot`` within [start_ns, end_ns] (absolute paths)."""
+    snap = read_snapshot(state_dir if state_dir is not None else state_dir_of(root))
+    if snap is None:
+        return []
+    return [str(root / f.path) for f in snap.files if f.may_hold(lot, start_ns, end_ns)]
+
+
+def _ns(when: str | None) -> int | None:
+    """ISO 8601 to ns since the epoch (UTC when no offset), for pruning files by time."""
+    if when is None:
+        return None
+    from datetime import UTC
+
+    dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1_000_000_000)
+
+
+def query(root: Path, sql: str, params: dict[str, Any] | None = None, lot: str | None = None,
+          start_ns: int | None = None, end_ns: int | None = None) -> pa.Table:
+    """Run ``sql`` (which reads ``SOURCE``) over the committed dataset; an empty table when there is
+    none yet. ``lot`` / ``start_ns`` / ``end_ns`` only prune files: the SQL must filter rows itself."""
+    for attempt in range(RETRIES):
+        files = snapshot_files(root, lot, start_ns, end_ns)
+        if not files:
+            return pa.table({})
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET threads = {THREADS}")
+            rel = con.sql(sql.replace("{SOURCE}", SOURCE), params={"files": files, **(params or {})})
+            # DuckDB 2 names it to_arrow_table; 1.x has arrow(). Accept both.
+            return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+        except duckdb.IOException as exc:
+            # A file of this snapshot was deleted after its grace period: take a fresh snapshot.
+            log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
+        finally:
+            con.close()
+    return pa.table({})
 
 
 def lot_summary(root: Path, lot: str) -> pa.Table:
@@ -45,7 +79,7 @@ def lot_summary(root: Path, lot: str) -> pa.Table:
                count(*) AS readings, count(*) FILTER (WHERE flags <> 0) AS flagged,
                min(ts) AS first_ts, max(ts) AS last_ts,
                min(value) AS min_value, avg(value) AS mean_value, max(value) AS max_value
-        FROM {SOURCE} WHERE lot = $lot GROUP BY ALL ORDER BY sensor_key""", {"lot": lot})
+        FROM {SOURCE} WHERE lot = $lot GROUP BY ALL ORDER BY sensor_key""", {"lot": lot}, lot=lot)
 
 
 def lot_mkt(root: Path, lot: str, delta_h: float = 83144.0) -> dict[str, float]:
@@ -59,7 +93,7 @@ def lot_mkt(root: Path, lot: str, delta_h: float = 83144.0) -> dict[str, float]:
     t = query(root, """
         SELECT site || '/' || line || '/' || device || '/' || sensor AS sensor_key, epoch_ns(ts) AS t, value
         FROM {SOURCE} WHERE lot = $lot AND sensor = 'temperature' AND quality = 0 AND isfinite(value)
-        ORDER BY sensor_key, t""", {"lot": lot})
+        ORDER BY sensor_key, t""", {"lot": lot}, lot=lot)
     out: dict[str, float] = {}
     if t.num_rows == 0:
         return out
@@ -95,4 +129,4 @@ def select_readings(root: Path, lot: str | None = None, sensor: str | None = Non
     sql = ("SELECT site || '/' || line || '/' || device || '/' || sensor AS sensor_key, ts, value, quality, flags,"
            " seq, lot, recv_ts FROM {SOURCE}" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY sensor_key, ts, seq")
-    return query(root, sql, params)
+    return query(root, sql, params, lot=lot, start_ns=_ns(start), end_ns=_ns(end))

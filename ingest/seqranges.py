@@ -71,9 +71,14 @@ class SeqRanges:
     def add_intervals(self, starts: np.ndarray, ends: np.ndarray) -> None:
         if len(starts) == 0:
             return
-        if len(self.starts) and starts[0] > self.ends[-1] + 1 and bool(np.all(starts[1:] > ends[:-1] + 1)):
-            self.starts = np.concatenate((self.starts, starts))  # the common case: appending above the top
-            self.ends = np.concatenate((self.ends, ends))
+        if len(self.starts) and starts[0] > self.ends[-1] and bool(np.all(starts[1:] > ends[:-1] + 1)):
+            # The common case: seqs above everything so far (``starts``/``ends`` come from ``runs``).
+            if starts[0] == self.ends[-1] + 1:
+                self.ends[-1] = ends[0]
+                starts, ends = starts[1:], ends[1:]
+            if len(starts):
+                self.starts = np.concatenate((self.starts, starts))
+                self.ends = np.concatenate((self.ends, ends))
             return
         self.starts, self.ends = merge(np.concatenate((self.starts, starts)), np.concatenate((self.ends, ends)))
 

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from ingest.commit_record import CommittedFile, Snapshot, locked, read_snapshot, state_dir_of, write_snapshot
 from ingest.seqranges import SeqRanges
-from ingest.sink_kernels import partition_order
+from ingest.sink_kernels import fresh_rows, group_rows, partition_order
 from qctrace.durable import fsync_dir
 from qctrace.errors import SinkCommitError
 from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch
@@ -210,29 +210,20 @@ class ParquetSink:
         cols = [batch.column(c) for c in ("site", "line", "device")]
         codes = [c.indices.to_numpy(zero_copy_only=False).astype(np.int64) for c in cols]
         sizes = [len(c.dictionary) for c in cols]
-        key = (codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2]
-        if key[0] == key.min() == key.max():
-            groups: list[tuple[int, np.ndarray | None]] = [(int(key[0]), None)]
-        else:
-            uniq, inv = np.unique(key, return_inverse=True)
-            groups = [(int(u), np.flatnonzero(inv == g)) for g, u in enumerate(uniq)]
-        keep = np.ones(n, dtype=bool)
-        for k, rows in groups:
+        group, keys = group_rows((codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2], sizes[0] * sizes[1] * sizes[2])
+        ranges = []
+        for k in keys.tolist():
             s, rest = divmod(k, sizes[1] * sizes[2])
             ln, d = divmod(rest, sizes[2])
             name = f"{cols[0].dictionary[s].as_py()}/{cols[1].dictionary[ln].as_py()}/{cols[2].dictionary[d].as_py()}"
-            seqs = seq if rows is None else seq[rows]
-            acc = self._accepted.setdefault(name, SeqRanges())
-            fresh = ~acc.contains(seqs)
-            if len(seqs) > 1 and not bool(np.all(seqs[1:] > seqs[:-1])):
-                first = np.zeros(len(seqs), dtype=bool)
-                first[np.unique(seqs, return_index=True)[1]] = True
-                fresh &= first
-            acc.add(seqs[fresh])
-            if rows is None:
-                keep = fresh
-            else:
-                keep[rows] = fresh
+            ranges.append(self._accepted.setdefault(name, SeqRanges()))
+        off = np.cumsum([0] + [len(r) for r in ranges])
+        starts = np.concatenate([r.starts for r in ranges])
+        ends = np.concatenate([r.ends for r in ranges])
+        keep, run_g, run_s, run_e = fresh_rows(group, seq, len(ranges), off, starts, ends)
+        at = np.searchsorted(run_g, np.arange(len(ranges) + 1))
+        for g, r in enumerate(ranges):
+            r.add_intervals(run_s[at[g]:at[g + 1]], run_e[at[g]:at[g + 1]])
         kept = int(keep.sum())
         self.duplicates_dropped += n - kept
         return batch if kept == n else batch.filter(pa.array(keep))
