@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.sink import ParquetSink, read_dataset
 from qctrace.errors import SinkCommitError
@@ -111,3 +113,147 @@ def test_a_write_failure_is_a_commit_error_and_keeps_the_rows_buffered(tmp_path)
     blocker.unlink()
     assert sink.flush()  # nothing was lost: the rows commit once the cause is gone
     assert read_dataset(tmp_path / "readings").num_rows == 5
+
+
+# ---------------------------------------------------------------- exactly once in any order
+
+def _rows(source_dev, seqs):
+    """Readings of device ``source_dev`` whose source time jumps across days with ``seq``, so late
+    and early readings of one batch belong to different partitions."""
+    n = len(seqs)
+    return batch_from_columns({
+        "ts": [DAY + (q * 7919 % 4) * 86_400 * 10**9 + q * 10**9 for q in seqs], "recv_ts": [DAY] * n,
+        "site": ["s"] * n, "line": ["l1"] * n, "device": [source_dev] * n, "sensor": [f"x{q % 3}" for q in seqs],
+        "value": [float(q) for q in seqs], "quality": [0] * n, "seq": list(seqs), "lot": ["LOT-1"] * n,
+    })
+
+
+def _exactly_once(root):
+    t = read_dataset(root)
+    keys = list(zip(source_keys(t).to_pylist(), t.column("seq").to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)), "a reading is in the dataset twice"
+    return t, set(keys)
+
+
+@st.composite
+def _deliveries(draw):
+    """Batches of two sources cut at random, delivered in random order with random redeliveries,
+    with flushes and restarts (the unflushed buffer lost) at random points."""
+    plan = []
+    for dev in ("plcA", "plcB"):
+        n = draw(st.integers(1, 30))
+        cuts = sorted(draw(st.sets(st.integers(1, max(n - 1, 1)), max_size=6)) - {n})
+        edges = [0, *cuts, n]
+        plan += [(dev, list(range(a, b))) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    order = draw(st.permutations(plan))
+    extra = draw(st.lists(st.sampled_from(plan), max_size=6))
+    items = list(order)
+    for e in extra:
+        items.insert(draw(st.integers(0, len(items))), e)
+    actions = draw(st.lists(st.sampled_from(["none", "none", "flush", "restart"]), min_size=len(items),
+                            max_size=len(items)))
+    return plan, items, actions
+
+
+@settings(max_examples=40, deadline=None)
+@given(_deliveries())
+def test_any_order_duplication_and_restart_commits_each_reading_exactly_once(tmp_path_factory, case):
+    plan, items, actions = case
+    tmp = tmp_path_factory.mktemp("eo")
+    sink = _sink(tmp)
+    for (dev, seqs), act in zip(items, actions, strict=True):
+        sink.add(sink.dedupe(_rows(dev, seqs)))
+        if act == "flush":
+            sink.flush()
+        elif act == "restart":
+            sink = _sink(tmp)  # a crash: what was buffered is lost, upstream still holds it
+    sink.flush()
+    # Upstream redelivers every batch the sink does not cover (never acknowledged), in plan order.
+    for dev, seqs in plan:
+        if not sink.covers(f"s/l1/{dev}", seqs[0], seqs[-1]):
+            sink.add(sink.dedupe(_rows(dev, seqs)))
+    sink.flush()
+    t, keys = _exactly_once(tmp / "readings")
+    want = {(f"s/l1/{dev}", q) for dev, seqs in plan for q in seqs}
+    assert keys == want
+    for dev in ("plcA", "plcB"):
+        n = sum(len(s) for d, s in plan if d == dev)
+        assert sink.committed_ranges(f"s/l1/{dev}") == [(0, n - 1)]
+        assert sink.committed_hwm[f"s/l1/{dev}"] == n - 1
+    for f in sink.files:  # late and early readings sit in the partition of their own source day
+        day = f.path.split("/")[2].removeprefix("date=")
+        ts = pq.read_table(tmp / "readings" / f.path).column("ts").cast("int64").to_pylist()
+        assert {datetime.fromtimestamp(x // 10**9, UTC).strftime("%Y-%m-%d") for x in ts} == {day}
+
+
+def test_a_batch_below_the_high_water_mark_is_still_new(tmp_path):
+    sink = _sink(tmp_path)
+    sink.add(sink.dedupe(_rows("plc", range(10, 20))))  # a later block arrives first
+    sink.flush()
+    assert sink.committed_hwm == {"s/l1/plc": 19} and not sink.covers("s/l1/plc", 0, 9)
+    fresh = sink.dedupe(_rows("plc", range(0, 12)))  # the earlier block, overlapping by two
+    assert fresh.column("seq").to_pylist() == list(range(10))
+    sink.add(fresh)
+    sink.flush()
+    assert sink.committed_ranges("s/l1/plc") == [(0, 19)] and sink.covers("s/l1/plc", 0, 19)
+    assert _sink(tmp_path).committed_ranges("s/l1/plc") == [(0, 19)]  # kept in the commit record
+
+
+# ---------------------------------------------------------------- a crash at every step
+
+class _Crash(BaseException):
+    """kill -9 stand-in: not an OSError, so the sink's own cleanup does not run."""
+
+
+def test_a_crash_at_any_step_of_a_commit_loses_and_doubles_nothing(tmp_path, monkeypatch):
+    import os
+
+    import ingest.sink as sink_mod
+    from qctrace import durable
+
+    batches = [_rows("plc", range(a, a + 7)) for a in range(0, 35, 7)]
+    step = 0
+    while True:
+        step += 1
+        root = tmp_path / f"run{step}"
+        calls = {"n": 0}
+
+        def boom(real):
+            def inner(*a, **kw):
+                calls["n"] += 1
+                if calls["n"] == step:
+                    raise _Crash()
+                return real(*a, **kw)
+            return inner
+
+        sink = _sink(root)
+        sink.add(sink.dedupe(batches[0]))
+        sink.flush()
+        for b in batches[1:3]:
+            sink.add(sink.dedupe(b))
+        # Every disk step the commit takes: temporary writes, fsyncs, renames, the record.
+        with monkeypatch.context() as m:
+            m.setattr(sink_mod, "write_parquet", boom(sink_mod.write_parquet))
+            m.setattr(os, "replace", boom(os.replace))
+            m.setattr(os, "fsync", boom(os.fsync))
+            m.setattr(durable, "fsync_dir", boom(durable.fsync_dir))
+            m.setattr(sink_mod, "fsync_dir", boom(sink_mod.fsync_dir))
+            try:
+                sink.flush()
+                crashed = False
+            except _Crash:
+                crashed = True
+        restarted = _sink(root)
+        for b in batches:  # upstream redelivers everything it was not told is committed
+            seqs = b.column("seq").to_pylist()
+            if not restarted.covers("s/l1/plc", seqs[0], seqs[-1]):
+                restarted.add(restarted.dedupe(b))
+        restarted.flush()
+        t, keys = _exactly_once(root / "readings")
+        assert keys == {("s/l1/plc", q) for q in range(35)}, f"crash at disk step {step}"
+        on_disk = {p.relative_to(root / "readings").as_posix() for p in (root / "readings").rglob("*")
+                   if p.is_file()}
+        assert on_disk == {f.path for f in restarted.files}, f"stray files after a crash at step {step}"
+        if not crashed:
+            break
+    assert step > 5  # the commit really went through several disk steps
