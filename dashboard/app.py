@@ -2,6 +2,8 @@
 
 Streamlit passes the words after ``--`` in ``sys.argv``. They are stored in the session once, so
 every page reads one data directory through ``dashboard.data`` and tests can set it directly.
+A session that is not logged in sees only the login form; a logged-in one sees the pages its
+role may open (``dashboard.auth.PAGES``), and each page checks again itself.
 Pages live in ``views/`` (not ``pages/``, which Streamlit would also pick up on its own).
 """
 
@@ -12,10 +14,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import auth, data, session, ui
 from qctrace.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
+
+PAGES = (  # (key in auth.PAGES, file, title, icon)
+    ("line_quality", "line_quality.py", "Line quality", ":material/monitoring:"),
+    ("cold_chain", "cold_chain.py", "Cold chain", ":material/ac_unit:"),
+    ("trace", "lot_trace.py", "Trace", ":material/account_tree:"),
+    ("ledger", "ledger_view.py", "Ledger", ":material/verified:"),
+)
 
 
 def main() -> None:
@@ -28,13 +37,20 @@ def main() -> None:
     except ConfigError as exc:
         st.error(ui.md_escape(str(exc)))
         st.stop()
-    page = st.navigation([
-        st.Page(HERE / "views" / "line_quality.py", title="Line quality", url_path="line_quality",
-                icon=":material/monitoring:", default=True),
-        st.Page(HERE / "views" / "lot_trace.py", title="Lot trace", url_path="lot_trace",
-                icon=":material/account_tree:"),
-    ])
-    st.sidebar.caption(f"Data directory: {ui.md_escape(str(data.data_dir()))}")
+    user = session.current_user()
+    if user is None:
+        st.navigation([st.Page(session.login_form, title="Log in", url_path="login", icon=":material/login:")],
+                      position="hidden").run()
+        return
+    pages = [st.Page(HERE / "views" / file, title=title, url_path=key, icon=icon)
+             for key, file, title, icon in PAGES if auth.can_open(user, key)]
+    page = st.navigation(pages)
+    with st.sidebar:
+        st.caption(f"Logged in as **{ui.md_escape(user.name)}** ({ui.md_escape(user.role)})")
+        if st.button("Log out", key="logout", icon=":material/logout:"):
+            session.logout()
+            st.rerun()
+        st.caption(f"Data directory: {ui.md_escape(str(data.data_dir()))}")
     page.run()
 
 

@@ -35,6 +35,7 @@ ACTIONS: dict[str, frozenset[str]] = {
     "hold": frozenset({"compliance", "admin"}),
     "recall": frozenset({"compliance", "admin"}),
     "verify": frozenset({"compliance", "admin"}),
+    "export": frozenset({"compliance", "admin"}),
 }
 
 # scrypt cost: N=2**14, r=8 is the interactive-login setting of the scrypt paper (~50 ms, 16 MiB).

@@ -1,30 +1,39 @@
 """Where the dashboard's data comes from, and the cached loaders that read it.
 
-Every page calls these instead of touching files, so that caching and error handling live in one
-place: live readings are cached for one second (the control chart refreshes every second and
-several browser tabs share one query), ledger reads for a few seconds, and the full-chain
-verification a little longer because it hashes every event.
+Every page calls these instead of touching files, so caching and error handling live in one
+place. Live readings are cached for one second (the charts refresh every second and several
+browser tabs share one query), ledger reads for a few seconds, and the full-chain verification
+a little longer because it hashes every event.
 
-SQL follows ``ingest.query``: a fresh in-memory DuckDB connection per query and every value,
-including the file glob, bound as a parameter and never formatted into the SQL text.
+No refresh scans the dataset: ``dashboard.catalog`` knows each Parquet file's time range and
+sensors from its footer, so a query reads only the newest files of one line, and only the sensors
+on screen. SQL follows ``ingest.query``: a fresh in-memory DuckDB connection per query and every
+value, the file list included, bound as a parameter and never formatted into the SQL text.
+Everything here opens data read-only; the few writes (acknowledge, hold, recall) are in
+``dashboard.actions``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ingest.query import lot_summary, query
+from dashboard import catalog
+from ingest.query import lot_summary
 from ledger import Ledger
+from ledger.events import name_of
 from qctrace.config import Config, load_config
 from qctrace.errors import LedgerError, LedgerIntegrityError
 
@@ -42,7 +51,7 @@ VERIFY_TTL_S = 10.0
 STATUS_WINDOW_S = 60.0
 """Status tiles judge a line by its flagged readings in this much of the newest source time."""
 
-_SOURCE = "{SOURCE}"
+_SOURCE = "read_parquet($files, hive_partitioning = true, union_by_name = true)"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -80,9 +89,12 @@ def ledger_path() -> Path:
     return data_dir() / "ledger.sqlite"
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, ttl=LEDGER_TTL_S)
 def settings(path: str | None = None) -> Config:
-    """The validated configuration (spec limits); raises ``ConfigError`` naming file and key."""
+    """The validated configuration for display (spec limits, bands); raises ``ConfigError``.
+
+    Cached briefly; permission checks never use it (``dashboard.session.fresh_auth`` reloads).
+    """
     return load_config(path)
 
 
@@ -92,51 +104,91 @@ def spec_limits(sensor_key: str) -> tuple[float | None, float | None]:
     return (lsl if math.isfinite(lsl) else None, usl if math.isfinite(usl) else None)
 
 
-def _query(root: Path, sql: str, params: dict[str, Any]) -> pd.DataFrame:
-    """``ingest.query.query`` as a DataFrame for Streamlit; empty when there is no data yet."""
-    table = query(root, sql, params)
-    return table.to_pandas() if table.num_columns else pd.DataFrame()
+# ---------------------------------------------------------------- readings
+
+def _read(files: Sequence[str], sql: str, params: dict[str, Any]) -> pd.DataFrame:
+    """``sql`` over exactly ``files`` (``{SOURCE}`` in the text); empty when there are none."""
+    if not files:
+        return pd.DataFrame()
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")  # a dashboard query must never take a core from ingest
+        rel = con.sql(sql.replace("{SOURCE}", _SOURCE), params={"files": list(files), **params})
+        return rel.df()
+    except duckdb.IOException as exc:
+        # A file can vanish between the listing and the read (sink recovery); the next refresh retries.
+        log.warning("dashboard.query io_error=%s", exc)
+        return pd.DataFrame()
+    finally:
+        con.close()
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def line_overview(root: str, window_s: float = STATUS_WINDOW_S) -> pd.DataFrame:
-    """Per (site, line): readings, newest ts/recv_ts, and flagged count and OR of flags in the window."""
-    return _query(Path(root), f"""
-        WITH r AS (SELECT site, line, ts, recv_ts, flags FROM {_SOURCE}),
-        m AS (SELECT site, line, count(*) AS readings, max(ts) AS last_ts, max(recv_ts) AS last_recv
-              FROM r GROUP BY site, line)
-        SELECT m.site, m.line, m.readings, m.last_ts, m.last_recv,
-               count(*) FILTER (WHERE r.flags <> 0 AND epoch_ns(r.ts) > epoch_ns(m.last_ts) - $window_ns)
-                   AS flagged_recent,
-               coalesce(bit_or(r.flags) FILTER (WHERE epoch_ns(r.ts) > epoch_ns(m.last_ts) - $window_ns), 0)
-                   AS flags_recent
-        FROM r JOIN m ON r.site = m.site AND r.line = m.line
-        GROUP BY m.site, m.line, m.readings, m.last_ts, m.last_recv
-        ORDER BY m.site, m.line""", {"window_ns": int(window_s * 1e9)})
+    """Per (site, line): readings, newest ts/recv_ts, and flagged count and OR of flags in the window.
 
-
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def recent_readings(root: str, site: str, line: str, window_s: float) -> pd.DataFrame:
-    """The newest ``window_s`` seconds (source time) of one line, per sensor oldest first.
-
-    Compares ``epoch_ns`` values: DuckDB 2 cannot subtract an INTERVAL from a TIMESTAMP_NS.
+    Counts come from the file footers; only the files reaching into the window are read.
     """
-    return _query(Path(root), f"""
-        WITH r AS (SELECT ts, recv_ts, device, sensor, value, quality, flags, lot FROM {_SOURCE}
-                   WHERE site = $site AND line = $line)
-        SELECT * FROM r WHERE epoch_ns(ts) > (SELECT epoch_ns(max(ts)) FROM r) - $window_ns
-        ORDER BY device, sensor, ts""", {"site": site, "line": line, "window_ns": int(window_s * 1e9)})
+    parts = catalog.files(Path(root))
+    rows = []
+    for (site, line), group in _by_line(parts).items():
+        last_ts = max(f.ts_max for f in group)
+        cutoff = last_ts - int(window_s * 1e9)
+        recent = [f.path for f in group if f.ts_max > cutoff]
+        got = _read(recent, """SELECT count(*) FILTER (WHERE flags <> 0) AS n, coalesce(bit_or(flags), 0) AS f
+                               FROM {SOURCE} WHERE epoch_ns(ts) > $cutoff AND flags <> 0""", {"cutoff": cutoff})
+        n, f = (int(got["n"].iloc[0]), int(got["f"].iloc[0])) if not got.empty else (0, 0)
+        rows.append({"site": site, "line": line, "readings": sum(x.rows for x in group),
+                     "sensors": len({s for x in group for s in x.sensors}),
+                     "last_ts": pd.Timestamp(last_ts, tz="UTC"),
+                     "last_recv": pd.Timestamp(max(x.recv_max for x in group), tz="UTC"),
+                     "flagged_recent": n, "flags_recent": f})
+    return pd.DataFrame(rows, columns=["site", "line", "readings", "sensors", "last_ts", "last_recv",
+                                       "flagged_recent", "flags_recent"])
+
+
+def _by_line(parts: list[catalog.PartFile]) -> dict[tuple[str, str], list[catalog.PartFile]]:
+    out: dict[tuple[str, str], list[catalog.PartFile]] = {}
+    for f in parts:
+        out.setdefault((f.site, f.line), []).append(f)
+    return dict(sorted(out.items()))
 
 
 @st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
 def line_sensors(root: str, site: str, line: str) -> list[str]:
-    """Every ``site/line/device/sensor`` key the line has ever reported, sorted."""
-    found = _query(Path(root), f"""
-        SELECT DISTINCT device, sensor FROM {_SOURCE} WHERE site = $site AND line = $line ORDER BY ALL""",
-                   {"site": site, "line": line})
-    if found.empty:
-        return []
-    return [f"{site}/{line}/{d}/{s}" for d, s in zip(found["device"], found["sensor"], strict=True)]
+    """Every ``site/line/device/sensor`` key the line has reported, sorted (from the file footers)."""
+    found = {s for f in catalog.files(Path(root)) if (f.site, f.line) == (site, line) for s in f.sensors}
+    return [f"{site}/{line}/{s}" for s in sorted(found)]
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def recent_readings(root: str, site: str, line: str, window_s: float,
+                    sensors: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The newest ``window_s`` seconds (source time) of one line, per sensor oldest first.
+
+    ``sensors`` (full keys) limits the read to the charts on screen; ``None`` reads the whole line.
+    """
+    group = _by_line(catalog.files(Path(root))).get((site, line), [])
+    if not group:
+        return pd.DataFrame()
+    cutoff = max(f.ts_max for f in group) - int(window_s * 1e9)
+    want = None if sensors is None else {k.split("/", 2)[2] for k in sensors}
+    files = [f.path for f in group if f.ts_max > cutoff and (want is None or want & set(f.sensors))]
+    where, params = "epoch_ns(ts) > $cutoff", {"cutoff": cutoff}
+    if want is not None:
+        where += " AND (device || '/' || sensor) IN (SELECT unnest($keys))"
+        params["keys"] = sorted(want)
+    return _read(files, f"""SELECT ts, recv_ts, device, sensor, value, quality, flags, lot FROM {{SOURCE}}
+                            WHERE {where} ORDER BY device, sensor, ts""", params)
+
+
+@st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
+def sensor_history(root: str, site: str, line: str, sensor_name: str) -> pd.DataFrame:
+    """Every reading of one ``device/sensor`` of a line (a shipment's logger channel), oldest first."""
+    files = [f.path for f in catalog.files(Path(root)) if (f.site, f.line) == (site, line)
+             and sensor_name in f.sensors]
+    return _read(files, """SELECT epoch_ns(ts) AS t, ts, value, quality, flags FROM {SOURCE}
+                           WHERE device || '/' || sensor = $key ORDER BY ts""", {"key": sensor_name})
 
 
 @st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
@@ -145,6 +197,15 @@ def lot_readings(root: str, lot: str) -> pd.DataFrame:
     table = lot_summary(Path(root), lot)
     return table.to_pandas() if table.num_columns else pd.DataFrame()
 
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def ingest_last_commit(data: str) -> pd.Timestamp | None:
+    """When ingest last committed readings (the commit record's time), for the staleness banner."""
+    ns = catalog.newest_commit_ns(Path(data))
+    return None if ns is None else pd.Timestamp(ns, tz="UTC")
+
+
+# ---------------------------------------------------------------- ledger
 
 @dataclass(frozen=True, slots=True)
 class ChainStatus:
@@ -204,17 +265,229 @@ class LotEvent:
     body: dict[str, Any] | None
 
 
+def _lot_event(ev: Any) -> LotEvent:
+    try:
+        body = ev.as_dict()
+    except ValueError:
+        body = None
+    return LotEvent(ev.idx, ev.kind, ev.event_time, ev.hash.hex(), body)
+
+
 @st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
 def lot_events(path: str, lot: str) -> list[LotEvent]:
+    try:
+        with Ledger(Path(path), readonly=True) as led:
+            return [_lot_event(ev) for ev in led.events(lot=lot)]
+    except LedgerError as exc:
+        log.info("dashboard.events unavailable: %s", exc)
+        return []
+
+
+@st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
+def events_of_kind(path: str, kinds: tuple[str, ...], newest: int = 0) -> list[LotEvent]:
+    """Events of these kinds in ledger order (the ``newest`` N only when N > 0)."""
     out: list[LotEvent] = []
     try:
         with Ledger(Path(path), readonly=True) as led:
-            for ev in led.events(lot=lot):
-                try:
-                    body = ev.as_dict()
-                except ValueError:
-                    body = None
-                out.append(LotEvent(ev.idx, ev.kind, ev.event_time, ev.hash.hex(), body))
+            for kind in kinds:
+                out += [_lot_event(ev) for ev in led.events(kind=kind)]
     except LedgerError as exc:
         log.info("dashboard.events unavailable: %s", exc)
-    return out
+    out.sort(key=lambda e: e.idx)
+    return out[-newest:] if newest else out
+
+
+@dataclass(frozen=True)
+class Genealogy:
+    """A lot's trace both ways: nodes by group, edges between node URIs, and the events involved."""
+
+    lot: str
+    start: str
+    backward: dict[str, list[str]] = field(default_factory=dict)
+    forward: dict[str, list[str]] = field(default_factory=dict)
+    edges: tuple[tuple[str, str], ...] = ()
+    events: tuple[LotEvent, ...] = ()
+    error: str = ""
+
+
+@st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
+def genealogy(path: str, lot: str) -> Genealogy:
+    from ledger.trace import lot_node, trace
+
+    try:
+        with Ledger(Path(path), readonly=True) as led:
+            start = lot_node(led, lot)
+            b, f = trace(led, lot, forward=False), trace(led, lot, forward=True)
+            nodes = set(led.reach(start, forward=False)) | set(led.reach(start, forward=True))
+            edges = set()
+            for ev in (*b.events, *f.events):
+                from ledger.events import links_of
+
+                for src, dst in links_of(json.loads(ev.body)):
+                    if src in nodes and dst in nodes:
+                        edges.add((src, dst))
+            evs = {e.idx: _lot_event(e) for e in (*b.events, *f.events)}
+    except LedgerError as exc:
+        return Genealogy(lot, "", error=str(exc))
+    return Genealogy(lot, start, b.scope(), f.scope(), tuple(sorted(edges)),
+                     tuple(evs[i] for i in sorted(evs)))
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """The trust badge of a lot: chain, checkpoint signature with inclusion proofs, anchor."""
+
+    checkpoint: str  # what prove_events says, or why it could not
+    checkpoint_ok: bool
+    anchored: str
+    anchored_ok: bool
+
+
+@st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
+def lot_proof(data: str, lot: str) -> Proof:
+    from ledger.keys import load_verifiers
+    from qctrace.ledger_ops import keys_dir, prove_events
+
+    d = Path(data)
+    try:
+        verifiers = load_verifiers(keys_dir(d))
+    except LedgerError:
+        verifiers = []
+    try:
+        with Ledger(d / "ledger.sqlite", readonly=True) as led:
+            from ledger.trace import trace
+
+            evs = [*trace(led, lot, forward=False).events, *trace(led, lot, forward=True).events]
+            text = prove_events(led, evs, verifiers)
+            cps = led.checkpoints()
+            anchors = dict(led.anchors())
+    except LedgerIntegrityError as exc:
+        return Proof(f"FAILED: {exc}", False, "not checked", False)
+    except LedgerError as exc:
+        return Proof(str(exc), False, "not checked", False)
+    ok = text.endswith("…)") or "included in the signed checkpoint" in text
+    if not cps:
+        return Proof(text, False, "no checkpoint to anchor", False)
+    from ledger.publish import anchor_files
+    from qctrace.ledger_ops import checkpoint_dir
+
+    receipts = {**anchors, **dict(anchor_files(checkpoint_dir(d)))}
+    size = cps[-1][0]
+    r = receipts.get(size)
+    if r is None:
+        return Proof(text, ok, f"checkpoint at size {size} not anchored yet (`qctrace anchor`)", False)
+    return Proof(text, ok, f"root at size {size} anchored on chain {r['chain_id']}, block {r['block_number']}"
+                           f" (tx {str(r['tx_hash'])[:14]}…)", True)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    size: int
+    origin: str
+    root: str
+    anchored: str
+
+
+@st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
+def checkpoints(data: str) -> pd.DataFrame:
+    """Every signed checkpoint (size, origin, root) with its anchor receipt, newest first."""
+    from ledger.publish import anchor_files
+    from qctrace.ledger_ops import checkpoint_dir
+
+    d = Path(data)
+    try:
+        with Ledger(d / "ledger.sqlite", readonly=True) as led:
+            cps = led.checkpoints()
+            receipts = {**dict(led.anchors()), **dict(anchor_files(checkpoint_dir(d)))}
+    except LedgerError:
+        return pd.DataFrame()
+    rows = []
+    for size, note in reversed(cps):
+        lines = note.decode("utf-8", "replace").split("\n")
+        r = receipts.get(size)
+        rows.append({"size": size, "origin": lines[0] if lines else "", "root (base64)": lines[2] if len(lines) > 2
+                     else "", "chain": r["chain_id"] if r else None, "block": r["block_number"] if r else None,
+                     "tx": r["tx_hash"] if r else "not anchored"})
+    return pd.DataFrame(rows, columns=["size", "origin", "root (base64)", "chain", "block", "tx"])
+
+
+# ---------------------------------------------------------------- cold chain
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    name: str
+    stage: str
+    location: str
+    lots: tuple[str, ...]
+    loggers: tuple[str, ...]
+    customer: str
+    custody: tuple[tuple[str, str, str], ...]  # (event time, step, where)
+
+
+@st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
+def shipments(path: str) -> list[Shipment]:
+    """Shipments the ledger knows, with their custody trail and what they carry, in first-seen order."""
+    from ledger import events as ev
+
+    kinds = (ev.LOT_PACKED, ev.LOGGER_ATTACHED, ev.SHIPMENT_MOVED, ev.LOT_DELIVERED)
+    found: dict[str, dict[str, Any]] = {}
+    for e in events_of_kind(path, kinds):
+        body = e.body or {}
+        ship = body.get("parentID") or next(iter(body.get("epcList") or ()), "")
+        if not str(ship).startswith("urn:qctrace:shipment:"):
+            continue
+        s = found.setdefault(name_of(ship), {"stage": "", "location": "", "lots": [], "loggers": [], "customer": "",
+                                             "custody": []})
+        where = name_of((body.get("readPoint") or {}).get("id", "")) if body.get("readPoint") else ""
+        if e.kind == ev.LOT_PACKED:
+            s["lots"] += [q["epcClass"].rsplit(".", 1)[-1] for q in body.get("childQuantityList") or ()]
+            s["custody"].append((e.event_time, "packed", where))
+            s["stage"], s["location"] = s["stage"] or "packing", where
+        elif e.kind == ev.LOGGER_ATTACHED:
+            s["loggers"] += [name_of(c) for c in body.get("childEPCs") or ()]
+        elif e.kind == ev.SHIPMENT_MOVED:
+            s["stage"], s["location"] = str(body.get("qctrace:stage", "")), where
+            s["custody"].append((e.event_time, str(body.get("bizStep", "")), where))
+        elif e.kind == ev.LOT_DELIVERED:
+            s["stage"], s["location"] = "delivered", where
+            s["customer"] = ", ".join(name_of(d.get("destination", "")) for d in body.get("destinationList") or ())
+            s["custody"].append((e.event_time, "delivered", where))
+    return [Shipment(k, v["stage"], v["location"], tuple(dict.fromkeys(v["lots"])), tuple(v["loggers"]),
+                     v["customer"], tuple(sorted(v["custody"]))) for k, v in found.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class Excursion:
+    """A shipment channel against its band: time out of band, the budget used, and the MKT."""
+
+    out_of_band_min: float
+    budget_min: float | None
+    budget_used: float | None  # fraction; None without a budget
+    mkt_c: float | None
+    readings: int
+
+
+def excursion(t_ns: np.ndarray, values: np.ndarray, band: tuple[float, float] | None, budget_min: float | None,
+              delta_h: float, max_dt_s: float = 300.0) -> Excursion:
+    """Sample-and-hold time out of band and MKT, as the streaming cold-chain rule attributes time.
+
+    The interval to the next reading counts as out of band when the reading at its start was;
+    one interval counts at most ``max_dt_s``, so a silent logger does not spend the budget.
+    """
+    from ingest.detect.coldchain import mean_kinetic_temperature
+
+    t = np.asarray(t_ns, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    good = np.isfinite(v)
+    t, v = t[good], v[good]
+    if len(t) == 0:
+        return Excursion(0.0, budget_min, 0.0 if budget_min else None, None, 0)
+    held = np.minimum(np.diff(t) / 1e9, max_dt_s)
+    held = np.append(held, np.median(held) if len(held) else 1.0)
+    out_min = 0.0
+    if band is not None:
+        out = (v < band[0]) | (v > band[1])
+        out_min = float(held[out].sum() / 60.0)
+    mkt = mean_kinetic_temperature(v, np.maximum(held, 0.0) + 1e-12, delta_h) if (v > -273.15).all() else None
+    used = out_min / budget_min if budget_min else None
+    return Excursion(out_min, budget_min, used, mkt, len(v))

@@ -11,8 +11,9 @@ import re
 
 import streamlit as st
 
+from dashboard import data
 from dashboard.data import ChainStatus
-from dashboard.status import Level, describe_age
+from dashboard.status import STALE_AFTER_S, Level, age_seconds, describe_age, format_ts
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
 
@@ -46,3 +47,15 @@ def chain_badge(chain: ChainStatus) -> None:
                  icon=":material/gpp_bad:")
     else:
         st.info(f"No ledger to verify yet: {md_escape(chain.message)}", icon=":material/info:")
+
+
+def staleness_banner() -> None:
+    """Say since when ingest has committed nothing, when it looks down; the page goes on with what is stored."""
+    last = data.ingest_last_commit(str(data.data_dir()))
+    if last is None:
+        st.info("Ingest has not committed any readings to this data directory yet.", icon=":material/hourglass:")
+        return
+    age = age_seconds(last)
+    if age is not None and age > STALE_AFTER_S:
+        st.warning(f"Ingest looks down: nothing committed since {format_ts(last)} ({describe_age(age)})."
+                   " This page shows what was stored until then.", icon=":material/schedule:")
