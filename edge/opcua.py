@@ -1,40 +1,68 @@
-"""OPC UA reader: an asyncua client subscribed to every tag of a PLC's ISA-95 address space.
+"""OPC UA reader: an asyncua client reading the tags of a PLC's ISA-95 address space.
 
-Discovery walks ``Objects/<site>/<line>/<device>/<tag>`` (and each line's ``Lot`` variable), so a
-reader needs only the endpoint URL. Monitored items use ``DataChangeTrigger.StatusValueTimestamp``:
-a sensor that repeats the same value (stuck!) still produces a reading per sample, and a status
-change alone is a reading too. Source timestamps and status codes are kept in every reading.
+Discovery walks ``Objects/<site>/<line>/<device>/<tag>`` (and each line's ``Lot`` variable); the
+configuration may narrow it to NodeIds or ``site/line/device/tag`` patterns. By default the reader
+subscribes (monitored items with ``DataChangeTrigger.StatusValueTimestamp``: a stuck sensor still
+produces a reading per sample, a status change alone is a reading); ``mode = "poll"`` reads
+instead. Either way every multi-node call is split by the server's OperationLimits. Source
+timestamp, server timestamp (when the source gave none) and status code are kept.
 
-A lost connection is retried by asyncua's supervisor (capped exponential backoff; the session and
-its subscription are transferred, or re-created). The outage becomes one ``Gap`` per source, from
-the last reading before it to the first after it, so downstream knows data is missing rather than
-flat.
+Security is explicit (``edge/opcua_pki.py``): a configured policy and mode or nothing, a trust list
+for server certificates, credentials from the environment or a 0600 file.
 
-Not yet here (see the secure-reader issue): security policies and trust lists, polling fallback
-under OperationLimits, history backfill of a gap.
+Hot path: publish responses are handled straight from the session's publish loop
+(``_on_publish``), one loop over the decoded items appending to column lists; asyncua's own
+Subscription class would create an asyncio task and three objects per notification, which is
+most of a core at 10,000 tags/s.
+
+Outages: asyncua's supervisor reconnects with our jittered backoff (``edge/opcua_client.py``);
+then the subscription is re-created and, where the server keeps history, the outage window is
+read back with HistoryRead and those readings emitted. One ``Gap`` per source still records the
+whole outage (from the last reading before it to the first live one after it) and its reason
+says how many readings were backfilled, so downstream knows both that the link was down and that
+the data in between came from the server's history; readings the history did not hold are
+simply absent inside the gap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import logging
+import math
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from asyncua import Client, Node, ua
-from asyncua.client.ua_client import UaClientState
-from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua import ua
+from asyncua.client.client import _first_cert_from_chain
 
+from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder
-from qctrace.errors import ReaderError
+from edge.opcua_client import BoundedClient
+from edge.opcua_ops import OperationLimits, chunks, read_history, read_operation_limits, read_values
+from edge.opcua_pki import POLICY_CLASSES, TrustList, ensure_client_certificate, pick_endpoint, read_password
+from qctrace.config import OpcUaClientConfig
+from qctrace.errors import ConfigError, ReaderError
 from qctrace.schema import Gap, Quality
 
 log = logging.getLogger(__name__)
 
 _NO_VALUE_YET = ua.StatusCodes.BadWaitingForInitialData
+_QUALITY = (int(Quality.GOOD), int(Quality.UNCERTAIN), int(Quality.BAD), int(Quality.BAD))  # by severity bits
+_LOGIN_REFUSED = {ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadIdentityTokenInvalid,
+                  ua.StatusCodes.BadIdentityTokenRejected}
+_LINK_ERRORS = (OSError, TimeoutError, ConnectionError, ua.UaError)
+_LOT = -1
 
 
-def _ns(dt) -> int:
+def _ns(dt: datetime) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC) + timedelta(microseconds=(ns % 1_000_000_000) // 1000)
 
 
 class OpcUaReader(Reader):
@@ -42,54 +70,103 @@ class OpcUaReader(Reader):
 
     def __init__(self, endpoint: str, builder: BatchBuilder, publish: Publish, *, publishing_interval_ms: int = 200,
                  queue_size: int = 1000, batch_max_rows: int = 1000, batch_max_age_s: float = 0.25,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float | None = None, opts: OpcUaClientConfig = OpcUaClientConfig(),
+                 data_dir: Path | None = None, trusted_certs: tuple[Path, ...] = ()) -> None:
+        """``data_dir`` places the default PKI directory; ``trusted_certs`` are server certificates the
+        caller vouches for on top of the trust list (the demo trusts the simulator it started)."""
         super().__init__(builder, publish, batch_max_rows, batch_max_age_s)
         self.endpoint = endpoint
+        self.opts = opts
         self.publishing_interval_ms = publishing_interval_ms
         self.queue_size = queue_size
-        # A busy PLC may take more than asyncua's default 1 s to answer the health probe; that is
-        # not a dead connection, so probe on a slower cycle with the request timeout as its bound.
-        self._client = Client(endpoint, timeout=timeout_s, watchdog_intervall=timeout_s)
-        self._sub: Subscription | None = None
-        self._streams: dict[ua.NodeId, int] = {}
-        self._lot_scopes: dict[ua.NodeId, str] = {}
-        self._last_ts: dict[int, int] = {}
-        self._lost: tuple[int, str] | None = None
-        self.notifications = 0
+        self.data_dir = data_dir
+        self.trusted_certs = tuple(trusted_certs)
+        self._client = BoundedClient(
+            endpoint, timeout_s=timeout_s or opts.timeout_s, max_message_size=opts.max_message_size,
+            max_chunk_count=opts.max_chunk_count, on_reconnected=self._on_reconnected,
+            backoff=lambda: exponential_backoff(opts.backoff_initial_s, 2.0, opts.backoff_max_s, opts.backoff_jitter))
         self._client.connection_lost_callback = self._on_connection_lost
+        self.limits = OperationLimits()
+        # Per client handle (index = handle - 1): node, stream index (or _LOT), last source time.
+        self._nodes: list[ua.NodeId] = []
+        self._stream_of: list[int] = []
+        self._keys: list[str] = []
+        self._last_ts: list[int] = []
+        self._lot_scope: dict[int, str] = {}
+        self._sub_id: int | None = None
+        self._lost: tuple[int, str] | None = None
+        self._resuming = False
+        self._first_after: list[int] = []
+        self._fresh = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.notifications = 0
+        self.backfilled = 0
+        self.read_calls = 0
+
+    # -- opening -----------------------------------------------------------------------------
 
     async def _open(self) -> None:
         try:
-            await self._client.connect(auto_reconnect=True)
-        except (OSError, TimeoutError) as exc:
-            raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc}") from exc
-        tags = await self._discover()
-        if not tags:
-            raise ReaderError(f"{self.endpoint}: no tags found under Objects/<site>/<line>/<device>/")
-        self._sub = await self._client.create_subscription(self.publishing_interval_ms, self)
-        params = []
-        for i, node in enumerate(tags):
-            mp = ua.MonitoringParameters(
-                ClientHandle=i + 1,
-                SamplingInterval=0.0,  # as fast as the server can: every write is a sample
-                QueueSize=self.queue_size,
-                DiscardOldest=True,
-                Filter=ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp),
-            )
-            params.append(ua.MonitoredItemCreateRequest(
-                ItemToMonitor=ua.ReadValueId(NodeId=node.nodeid, AttributeId=ua.AttributeIds.Value),
-                MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=mp))
-        results = await self._sub.create_monitored_items(params)
-        bad = [r for r in results if isinstance(r, ua.StatusCode)]
-        if bad:
-            raise ReaderError(f"{self.endpoint}: {len(bad)} monitored items refused, first: {bad[0]}")
-        log.info("opcua.subscribed endpoint=%s tags=%d lots=%d", self.endpoint, len(self._streams),
-                 len(self._lot_scopes))
+            await self._connect()
+            await self._discover()
+            self.limits = await read_operation_limits(self._client)
+            if self.opts.mode == "subscribe":
+                await self._subscribe()
+            else:
+                self._spawn(self._poll_loop())
+        except BaseException:
+            await self._close()
+            raise
+        log.info("opcua.open endpoint=%s mode=%s security=%s/%s tags=%d limits=%s", self.endpoint, self.opts.mode,
+                 self.opts.security_policy, self.opts.mode_name, len(self._nodes) - len(self._lot_scope), self.limits)
 
-    async def _discover(self) -> list[Node]:
-        """Site/Line/Device/Tag objects below Objects, skipping the standard Server object (ns 0)."""
-        found: list[Node] = []
+    async def _connect(self) -> None:
+        o, c = self.opts, self._client
+        try:
+            if o.security_policy != "None":
+                await self._secure()
+            if o.username is not None:
+                c.set_user(o.username)
+                c.set_password(read_password(o, self.endpoint) or "")
+            await c.connect(auto_reconnect=True)
+        except ua.UaStatusCodeError as exc:
+            name = ua.StatusCode(exc.code).name
+            if exc.code in _LOGIN_REFUSED:
+                where = f"environment variable {o.password_env}" if o.password_env else f"file {o.password_file}"
+                who = f"user {o.username!r}" if o.username else "an anonymous login"
+                raise ReaderError(f"{self.endpoint}: the server refused {who} ({name}); check the username and the"
+                                  f" password (read from the {where})" if o.username else
+                                  f"{self.endpoint}: the server refused {who} ({name}); set edge.opcua.username and"
+                                  " password_env or password_file") from exc
+            raise ReaderError(f"{self.endpoint}: the server refused the connection: {name}") from exc
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc!r}") from exc
+
+    async def _secure(self) -> None:
+        o, c = self.opts, self._client
+        pki = o.pki_dir or (self.data_dir / "edge" / "pki" if self.data_dir is not None else None)
+        if pki is None:
+            raise ConfigError(f"{self.endpoint}: edge.opcua.pki_dir is not set (where the reader's certificate"
+                              " and trust list live)")
+        cert, key = await ensure_client_certificate(pki, o.application_uri)
+        c.application_uri = o.application_uri
+        trust = TrustList(o.trust_dir or pki / "trusted", pki / "rejected", self.trusted_certs)
+        try:
+            endpoints = await c.connect_and_get_server_endpoints()  # GetEndpoints is always allowed in clear
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc!r}") from exc
+        ep = pick_endpoint(endpoints, o, self.endpoint)
+        der = _first_cert_from_chain(ep.ServerCertificate)
+        trust.check(der, self.endpoint)
+        await c.set_security(POLICY_CLASSES[o.security_policy], str(cert), str(key), server_certificate=der,
+                             mode=getattr(ua.MessageSecurityMode, o.mode_name))
+
+    async def _discover(self) -> None:
+        """Site/Line/Device/Tag objects below Objects (skipping the standard Server object, ns 0),
+        narrowed to the configured NodeIds and patterns."""
+        wanted_ids, patterns = await self._wanted()
         objects = self._client.nodes.objects
+        seen_ids: set[ua.NodeId] = set()
         for site in await objects.get_children(nodeclassmask=ua.NodeClass.Object):
             if site.nodeid.NamespaceIndex == 0:
                 continue
@@ -99,75 +176,291 @@ class OpcUaReader(Reader):
                 scope = f"{site_name}/{line_name}"
                 for var in await line.get_children(nodeclassmask=ua.NodeClass.Variable):
                     if (await var.read_browse_name()).Name == "Lot":
-                        self._lot_scopes[var.nodeid] = scope
-                        found.append(var)
+                        self._lot_scope[len(self._nodes)] = scope
+                        self._add(var.nodeid, _LOT, f"{scope}/Lot")
                 for dev in await line.get_children(nodeclassmask=ua.NodeClass.Object):
                     dev_name = (await dev.read_browse_name()).Name
                     for tag in await dev.get_children(nodeclassmask=ua.NodeClass.Variable):
                         tag_name = (await tag.read_browse_name()).Name
-                        self._streams[tag.nodeid] = self.builder.streams.add(site_name, line_name, dev_name,
-                                                                             tag_name)
-                        found.append(tag)
-        return found
+                        key = f"{scope}/{dev_name}/{tag_name}"
+                        if wanted_ids or patterns:
+                            by_id = tag.nodeid in wanted_ids
+                            if not by_id and not any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                                continue
+                            seen_ids.add(tag.nodeid)
+                        stream = self.builder.streams.add(site_name, line_name, dev_name, tag_name)
+                        self._add(tag.nodeid, stream, key)
+        missing = wanted_ids - seen_ids
+        if missing:
+            raise ReaderError(f"{self.endpoint}: edge.opcua.tags names NodeIds that are not tags under"
+                              f" Objects/<site>/<line>/<device>/: {', '.join(sorted(map(str, missing)))}")
+        if len(self._nodes) == len(self._lot_scope):
+            raise ReaderError(f"{self.endpoint}: no tags found under Objects/<site>/<line>/<device>/"
+                              + (f" matching edge.opcua.tags {list(self.opts.tags)}" if self.opts.tags else ""))
+
+    async def _wanted(self) -> tuple[set[ua.NodeId], list[str]]:
+        ids: set[ua.NodeId] = set()
+        patterns: list[str] = []
+        for t in self.opts.tags:
+            if t.startswith(("ns=", "i=", "s=", "g=", "b=")):
+                ids.add(ua.NodeId.from_string(t))
+            elif t.startswith("nsu="):
+                uri, _, rest = t[4:].partition(";")
+                try:
+                    idx = await self._client.get_namespace_index(uri)
+                except ValueError as exc:
+                    raise ReaderError(f"{self.endpoint}: edge.opcua.tags {t!r}: the server has no namespace {uri!r}"
+                                      ) from exc
+                ids.add(ua.NodeId.from_string(f"ns={idx};{rest}"))
+            else:
+                patterns.append(t)
+        return ids, patterns
+
+    def _add(self, node: ua.NodeId, stream: int, key: str) -> None:
+        self._nodes.append(node)
+        self._stream_of.append(stream)
+        self._keys.append(key)
+        self._last_ts.append(0)
+
+    def _item(self, h: int) -> ua.MonitoredItemCreateRequest:
+        """Monitoring parameters of handle ``h``: the reader's defaults, then the last matching rule."""
+        sampling, queue, deadband, kind = 0.0, self.queue_size, None, "absolute"
+        for rule in self.opts.rules:
+            if fnmatch.fnmatchcase(self._keys[h], rule.match):
+                sampling = rule.sampling_interval_ms if rule.sampling_interval_ms is not None else sampling
+                queue = rule.queue_size or queue
+                if rule.deadband is not None:
+                    deadband, kind = rule.deadband, rule.deadband_type
+        flt = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
+        if deadband is not None and self._stream_of[h] != _LOT:
+            flt.DeadbandType = 1 if kind == "absolute" else 2
+            flt.DeadbandValue = float(deadband)
+        mp = ua.MonitoringParameters(ClientHandle=h + 1, SamplingInterval=float(sampling), QueueSize=queue,
+                                     DiscardOldest=True, Filter=flt)
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=self._nodes[h], AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=mp)
+
+    async def _subscribe(self) -> None:
+        """A new subscription and its monitored items, in calls of at most MaxMonitoredItemsPerCall."""
+        session = self._client.uaclient
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=self.publishing_interval_ms, RequestedLifetimeCount=10000,
+            RequestedMaxKeepAliveCount=self._client.get_keepalive_count(self.publishing_interval_ms),
+            MaxNotificationsPerPublish=0, PublishingEnabled=True, Priority=0)
+        res = await session.create_subscription(params, callback=self._on_publish)
+        self._sub_id = res.SubscriptionId
+        refused: list[str] = []
+        items = [self._item(h) for h in range(len(self._nodes))]
+        for part in chunks(items, self.limits.max_monitored_items_per_call):
+            cp = ua.CreateMonitoredItemsParameters(SubscriptionId=self._sub_id, ItemsToCreate=list(part),
+                                                   TimestampsToReturn=ua.TimestampsToReturn.Both)
+            for req, r in zip(part, await session.create_monitored_items(cp), strict=True):
+                if not r.StatusCode.is_good():
+                    refused.append(f"{self._keys[req.RequestedParameters.ClientHandle - 1]}: {r.StatusCode.name}")
+        if refused:
+            raise ReaderError(f"{self.endpoint}: {len(refused)} monitored items refused, first: {refused[0]}")
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def _on_publish(self, result: ua.PublishResult) -> None:
+        """Called by the session's publish loop for each publish response: no awaits, no I/O."""
+        if result.SubscriptionId != self._sub_id:
+            return  # a response of a subscription this reader already replaced
+        data = result.NotificationMessage.NotificationData
+        if not data:
+            return
+        recv = time.time_ns()
+        take = self._take
+        for notif in data:
+            if isinstance(notif, ua.DataChangeNotification):
+                for item in notif.MonitoredItems:
+                    take(item.ClientHandle - 1, item.Value, recv)
+            elif isinstance(notif, ua.StatusChangeNotification):
+                log.warning("opcua.status_change endpoint=%s status=%s", self.endpoint, notif.Status)
+        if self._resuming:
+            self._fresh.set()
+        self._added()
+
+    def _take(self, h: int, dv: ua.DataValue, recv: int) -> None:
+        sc = dv.StatusCode
+        code = sc.value if sc is not None else 0
+        if code == _NO_VALUE_YET:
+            return  # the PLC has no sample yet: there is no reading to record
+        stamp = dv.SourceTimestamp or dv.ServerTimestamp
+        ts = _ns(stamp) if stamp is not None else recv
+        if self._last_ts[h] == ts:
+            return  # the same sample again (initial value after a re-subscribe, or an unchanged poll)
+        variant = dv.Value
+        v = variant.Value if variant is not None else None
+        stream = self._stream_of[h]
+        if stream == _LOT:
+            if isinstance(v, str) and v:
+                self.builder.streams.timeline(self._lot_scope[h]).set(ts, v)
+            self._last_ts[h] = ts
+            return
+        if self._resuming and not self._first_after[h]:
+            self._first_after[h] = ts
+        self._last_ts[h] = ts
+        self.notifications += 1
+        self.builder.add(stream, ts, float(v) if isinstance(v, int | float) else math.nan, _QUALITY[code >> 30], recv)
+
+    # -- polling -----------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        interval = self.opts.poll_interval_ms / 1000
+        nxt = time.monotonic()
+        while True:
+            try:
+                dvs = await read_values(self._client, self._nodes, self.limits.max_nodes_per_read)
+            except _LINK_ERRORS as exc:
+                log.info("opcua.poll endpoint=%s failed=%r", self.endpoint, exc)
+                await self._on_connection_lost(exc)
+                await asyncio.sleep(interval)
+                nxt = time.monotonic()
+                continue
+            self.read_calls += math.ceil(len(self._nodes) / (self.limits.max_nodes_per_read or len(self._nodes)))
+            recv = time.time_ns()
+            for h, dv in enumerate(dvs):
+                self._take(h, dv, recv)
+            if self._resuming:
+                self._fresh.set()
+            self._added()
+            nxt += interval
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+
+    # -- outages -----------------------------------------------------------------------------
 
     async def _on_connection_lost(self, exc: Exception) -> None:
         if self._lost is None:
             self._lost = (time.time_ns(), f"connection to {self.endpoint} lost: {exc!r}")
             log.warning("opcua.lost endpoint=%s reason=%r", self.endpoint, exc)
 
-    def _close_gap(self, first_ts: int) -> None:
-        """The first reading after an outage: one gap record per source of this server."""
-        lost_at, reason = self._lost
+    async def _on_reconnected(self, reused_session: bool) -> None:
+        """Run by the reconnect supervisor on a new connection: subscribe afresh, then (in a task,
+        once the first live values are in) backfill the outage and record the gaps."""
+        before = list(self._last_ts)
+        self._first_after = [0] * len(self._nodes)
+        self._fresh.clear()
+        self._resuming = True
+        if self._lost is None:
+            self._lost = (time.time_ns(), f"connection to {self.endpoint} lost")
+        if self.opts.mode == "subscribe":
+            old, self._sub_id = self._sub_id, None
+            if old is not None:
+                self._client.uaclient.session._subscription_callbacks.pop(old, None)
+                if reused_session:  # the server may still hold it: do not leave it publishing
+                    try:
+                        await self._client.uaclient.delete_subscriptions([old])
+                    except _LINK_ERRORS as exc:
+                        log.info("opcua.resume delete_old_subscription_failed=%r", exc)
+            await self._subscribe()
+        self._spawn(self._finish_outage(before))
+
+    async def _finish_outage(self, before: list[int]) -> None:
+        wait_s = max(2.0, 3 * max(self.publishing_interval_ms, self.opts.poll_interval_ms) / 1000)
+        try:
+            await asyncio.wait_for(self._fresh.wait(), wait_s)
+        except TimeoutError:
+            pass
+        self._resuming = False
+        first_after = self._first_after
+        backfilled: dict[int, int] = {}
+        note = ""
+        if self.opts.history_backfill:
+            try:
+                backfilled, note = await self._backfill(before, first_after)
+            except _LINK_ERRORS as exc:
+                note = f"; history backfill failed: {exc!r}"
+        self._record_gaps(before, first_after, backfilled, note)
+
+    async def _backfill(self, before: list[int], first_after: list[int]) -> tuple[dict[int, int], str]:
+        """Read the outage back from the server's history; emit what it holds. Per source count."""
+        tags = [h for h in range(len(self._nodes)) if self._stream_of[h] != _LOT and before[h]]
+        if not tags:
+            return {}, ""
+        start = min(before[h] for h in tags) + 1000
+        ends = [first_after[h] for h in tags if first_after[h]]
+        end = max(ends) if len(ends) == len(tags) else time.time_ns() + 365 * 86400 * 10**9
+        got, refused = await read_history(self._client, [self._nodes[h] for h in tags], _dt(start), _dt(end),
+                                          self.limits.max_nodes_per_history_read)
+        handle = {self._nodes[h]: h for h in tags}
+        recv = time.time_ns()
+        st = self.builder.streams
+        per_source: dict[int, int] = {}
+        for node, dv in got:
+            h = handle[node]
+            stamp = dv.SourceTimestamp or dv.ServerTimestamp
+            if stamp is None:
+                continue
+            ts = _ns(stamp)
+            if ts <= before[h] or (first_after[h] and ts >= first_after[h]):
+                continue
+            code = dv.StatusCode.value if dv.StatusCode is not None else 0
+            v = dv.Value.Value if dv.Value is not None else None
+            stream = self._stream_of[h]
+            self.builder.add(stream, ts, float(v) if isinstance(v, int | float) else math.nan, _QUALITY[code >> 30],
+                             recv)
+            if not first_after[h]:
+                self._last_ts[h] = max(self._last_ts[h], ts)
+            src = st.source_of[stream]
+            per_source[src] = per_source.get(src, 0) + 1
+        n = sum(per_source.values())
+        self.backfilled += n
+        self._added()
+        log.info("opcua.backfill endpoint=%s readings=%d nodes_without_history=%d", self.endpoint, n, refused)
+        note = f"; the server has no history for {refused} of {len(tags)} tags" if refused else ""
+        return per_source, note
+
+    def _record_gaps(self, before: list[int], first_after: list[int], backfilled: dict[int, int], note: str) -> None:
+        """One gap per source of this server: from its last reading before the outage to its first
+        live one after, the reason saying how many readings the server's history gave back."""
+        lost_at, reason = self._lost or (time.time_ns(), "connection lost")
         self._lost = None
         st = self.builder.streams
-        last: dict[str, int] = {}
-        for stream in self._streams.values():  # once per outage, not per reading
-            source = st.sources[st.source_of[stream]]
-            last[source] = max(last.get(source, 0), self._last_ts.get(stream, 0))
-        for source in sorted(last):
-            start = last[source] or lost_at
-            self.pending_gaps.append(Gap(source, start, max(first_ts, start), reason))
-        log.warning("opcua.resumed endpoint=%s gaps=%d", self.endpoint, len(self.pending_gaps))
+        spans: dict[int, tuple[int, int]] = {}
+        for h, stream in enumerate(self._stream_of):
+            if stream == _LOT:
+                continue
+            src = st.source_of[stream]
+            s, e = spans.get(src, (0, 0))
+            first = first_after[h]
+            spans[src] = (max(s, before[h]), min(e, first) if e and first else (e or first))
+        for src, (s, e) in sorted(spans.items(), key=lambda kv: st.sources[kv[0]]):
+            start = s or lost_at
+            end = max(e or self._last_ts_of(src) or start, start)
+            self.pending_gaps.append(Gap(st.sources[src], start, end,
+                                         f"{reason}; {backfilled.get(src, 0)} readings backfilled from the server's"
+                                         f" history{note}"))
+        log.warning("opcua.resumed endpoint=%s gaps=%d backfilled=%d", self.endpoint, len(spans),
+                    sum(backfilled.values()))
         self._wake.set()
 
-    def datachange_notification(self, node: Node, val: object, data: DataChangeNotif) -> None:
-        """asyncua callback, on the event loop: append one reading (no I/O, no awaits)."""
-        dv = data.monitored_item.Value
-        recv = time.time_ns()
-        code = dv.StatusCode.value if dv.StatusCode is not None else 0
-        if code == _NO_VALUE_YET:
-            return  # the PLC has no sample yet: there is no reading to record
-        stamp = dv.SourceTimestamp or dv.ServerTimestamp
-        ts = _ns(stamp) if stamp is not None else recv
-        scope = self._lot_scopes.get(node.nodeid)
-        if scope is not None:
-            if isinstance(val, str) and val:
-                self.builder.streams.timeline(scope).set(ts, val)
-            return
-        stream = self._streams[node.nodeid]
-        if self._last_ts.get(stream) == ts:
-            return  # the same sample again (initial value after a re-subscribe), not a new reading
-        if self._lost is not None and self._client.uaclient.state is UaClientState.CONNECTED:
-            # Only a reading that came over the *new* connection ends the outage; notifications
-            # that were already in flight when the old one died are readings, not the end of it.
-            self._close_gap(ts)
-        self._last_ts[stream] = ts
-        self.notifications += 1
-        value = float(val) if isinstance(val, int | float) else float("nan")
-        self.builder.add(stream, ts, value, int(Quality.from_status_code(code)), recv)
-        self._added()
+    def _last_ts_of(self, src: int) -> int:
+        st = self.builder.streams
+        return max((self._last_ts[h] for h, s in enumerate(self._stream_of) if s != _LOT and st.source_of[s] == src),
+                   default=0)
 
-    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
-        log.warning("opcua.status_change endpoint=%s status=%s", self.endpoint, status.Status)
+    # -- closing -----------------------------------------------------------------------------
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # our own tasks' cancellations, collected
         try:
-            if self._sub is not None:
-                await self._sub.delete()
-        except (ua.UaError, OSError, TimeoutError) as exc:
-            log.info("opcua.close delete_subscription_failed=%s", exc)
+            if self._sub_id is not None and self._client.uaclient.has_session:
+                await asyncio.wait_for(self._client.uaclient.delete_subscriptions([self._sub_id]), 2.0)
+        except _LINK_ERRORS as exc:
+            log.info("opcua.close delete_subscription_failed=%r", exc)
         finally:
+            self._sub_id = None
             try:
                 await self._client.disconnect()
-            except (ua.UaError, OSError, TimeoutError, AttributeError) as exc:
-                log.info("opcua.close disconnect_failed=%s", exc)
+            except (*_LINK_ERRORS, AttributeError) as exc:
+                log.info("opcua.close disconnect_failed=%r", exc)

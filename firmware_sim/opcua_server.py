@@ -14,9 +14,16 @@ and its browse path say the same thing. Every value carries its simulated source
 the status code a real PLC would give it: ``Good``, ``Bad_SensorFailure`` (a broken sensor),
 ``Bad_NotConnected`` (an I/O station lost), ``Bad_WaitingForInitialData`` before the first sample.
 
-Endpoints: no security, and Basic256Sha256 SignAndEncrypt with a self-signed certificate made on
-first start; optionally username/password (then anonymous logins are refused). The
-OperationLimits a client must honour are advertised under ``Server/ServerCapabilities``.
+Endpoints: no security, and with ``encrypted`` Basic256Sha256, Aes128_Sha256_RsaOaep and
+Aes256_Sha256_RsaPss in Sign and SignAndEncrypt, with a self-signed certificate made on first
+start (kept in ``cert_dir``; ``publish_dir`` gets a copy of the certificate alone, for a client's
+trust list); optionally username/password (then anonymous logins are refused).
+
+Like a real PLC, the server enforces what it advertises: the OperationLimits under
+``Server/ServerCapabilities`` (a Read of more than MaxNodesPerRead nodes is refused with
+``BadTooManyOperations``; ``read_sizes`` keeps the size of every Read it served), and it keeps
+an in-memory history of each tag (``history`` samples), so a client can read back an outage with
+HistoryRead. A restarted server starts with an empty history, as a PLC whose history lives in RAM.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.common.callback import CallbackType
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -70,6 +78,14 @@ class ServerSecurity:
     allow_none: bool = True
     cert_dir: Path | None = None
     users: tuple[tuple[str, str], ...] = ()
+    publish_dir: Path | None = None  # also write the certificate (never the key) here
+
+
+_SECURE_POLICIES = (ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, ua.SecurityPolicyType.Basic256Sha256_Sign,
+                    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+                    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+                    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+                    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign)
 
 
 class _Passwords(UserManager):
@@ -88,13 +104,15 @@ class LinePlcServer:
     """One asyncua server exposing the given tags; values pushed with ``write``. Restartable."""
 
     def __init__(self, streams: list[Stream], host: str, port: int, security: ServerSecurity | None = None,
-                 max_nodes_per_call: int = 1000) -> None:
+                 max_nodes_per_call: int = 1000, history: int = 600) -> None:
         self.streams = [s for s in streams if s.kind == "opcua"]
         self.host = host
         self.port = port or free_port(host)
         self.endpoint = f"opc.tcp://{host}:{self.port}/qctrace/"
         self.security = security or ServerSecurity()
         self.max_nodes_per_call = max_nodes_per_call
+        self.history = history
+        self.read_sizes: list[int] = []
         self._server: Server | None = None
         self._tag_nodes: dict[int, ua.NodeId] = {}
         self._lot_nodes: dict[str, ua.NodeId] = {}
@@ -115,30 +133,48 @@ class LinePlcServer:
         if sec.encrypted:
             assert sec.cert_dir is not None, "an encrypted endpoint needs cert_dir"
             sec.cert_dir.mkdir(parents=True, exist_ok=True)
-            key, cert = sec.cert_dir / "server-key.pem", sec.cert_dir / "server-cert.der"
+            # One key per port: line servers started as parallel processes never race on one file.
+            key, cert = sec.cert_dir / f"server-{self.port}-key.pem", sec.cert_dir / f"server-{self.port}-cert.der"
             await setup_self_signed_certificate(key, cert, f"urn:qctrace:sim:plc:{self.port}", socket.gethostname(),
                                                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
                                                 {"commonName": "qctrace simulated PLC", "organizationName": "qctrace"})
+            key.chmod(0o600)
             await srv.load_certificate(str(cert))
             await srv.load_private_key(str(key))
-            policies.append(ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt)
+            policies.extend(_SECURE_POLICIES)
+            if sec.publish_dir is not None:
+                from qctrace.durable import atomic_write
+
+                sec.publish_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write(sec.publish_dir / cert.name, cert.read_bytes())
         srv.set_security_policy(policies)
         if users:
             srv.set_security_IDs(["Username"])
         await self._advertise_limits(srv)
+        srv.subscribe_server_callback(CallbackType.PreRead, self._check_read)
         await self._build(srv)
         await srv.start()
+        if self.history:
+            await srv.historize_node_data_change([srv.get_node(n) for n in self._tag_nodes.values()], period=None,
+                                                 count=self.history)
         self._server = srv
         self.running = True
         for line, (lot, ts) in self._last_lot.items():  # a restarted PLC still knows its lot
             await self.write_lot(line, lot, ts)
         log.info("opcua.start endpoint=%s tags=%d", self.endpoint, len(self._tag_nodes))
 
+    def _check_read(self, event, _dispatcher) -> None:
+        """Refuse a Read above MaxNodesPerRead, as the advertised limit says a server may."""
+        n = len(event.request_params.NodesToRead or ())
+        self.read_sizes.append(n)
+        if self.max_nodes_per_call and n > self.max_nodes_per_call:
+            raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)
+
     async def _advertise_limits(self, srv: Server) -> None:
         limits = srv.get_node(ua.ObjectIds.Server_ServerCapabilities_OperationLimits)
         for child in await limits.get_children():
             name = (await child.read_browse_name()).Name
-            if name.startswith("MaxNodesPer") or name == "MaxMonitoredItemsPerCall":
+            if name.startswith("MaxNodesPer") or name == "MaxMonitoredItemsPerCall":  # all of them, one number
                 await child.write_value(ua.Variant(self.max_nodes_per_call, ua.VariantType.UInt32))
 
     async def _build(self, srv: Server) -> None:

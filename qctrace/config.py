@@ -32,8 +32,83 @@ class PlantConfig(_Frozen):
     opcua_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0 = pick a free port
 
 
+class OpcUaTagRule(_Frozen):
+    """Monitoring settings for the tags whose ``site/line/device/tag`` matches ``match`` (fnmatch;
+    the last matching rule wins). Unset fields keep the reader's defaults."""
+
+    match: str
+    sampling_interval_ms: Annotated[float, Field(ge=0)] | None = None  # 0 = every change the server sees
+    queue_size: Annotated[int, Field(ge=1)] | None = None
+    deadband: Annotated[float, Field(ge=0)] | None = None
+    deadband_type: Literal["absolute", "percent"] = "absolute"
+
+
+OPCUA_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+_DEPRECATED_POLICIES = {"Basic128Rsa15": "RSA-PKCS#1 v1.5 and SHA-1", "Basic256": "SHA-1"}
+
+
 class OpcUaClientConfig(_Frozen):
-    """How edge readers talk to OPC UA servers: security, trust, limits, polling fallback."""
+    """How edge readers talk to OPC UA servers: security, trust, limits, polling fallback.
+
+    Secure by default: Basic256Sha256 SignAndEncrypt with a client certificate made on first run in
+    ``pki_dir`` and a trust list of server certificates in ``trust_dir``. ``security_policy = "None"``
+    is the only way to talk in clear; a reader never falls back to it. Passwords come from an
+    environment variable or a 0600 file, never from this file."""
+
+    security_policy: str = "Basic256Sha256"
+    security_mode: Literal["Sign", "SignAndEncrypt", "None"] | None = None  # None: SignAndEncrypt (or None/None)
+    pki_dir: Path | None = None  # None: DATA_DIR/edge/pki
+    trust_dir: Path | None = None  # None: PKI_DIR/trusted
+    application_uri: str = "urn:qctrace:edge"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    max_message_size: Annotated[int, Field(ge=8192, le=1 << 30)] = 16 << 20
+    max_chunk_count: Annotated[int, Field(ge=1, le=1 << 16)] = 1024
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    poll_interval_ms: Annotated[int, Field(ge=10)] = 1000
+    tags: tuple[str, ...] = ()  # NodeIds ("ns=2;s=…", "nsu=URI;s=…") or site/line/device/tag patterns; () = all
+    rules: tuple[OpcUaTagRule, ...] = ()
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    backoff_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    history_backfill: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password_here(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("a password never goes in the configuration file: set password_env (the name of an"
+                             " environment variable) or password_file (a file readable only by you, mode 0600)")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaClientConfig:
+        p = self.security_policy
+        if p in _DEPRECATED_POLICIES:
+            raise ValueError(f"security_policy {p!r} is deprecated by the OPC Foundation ({_DEPRECATED_POLICIES[p]})"
+                             f" and refused; use one of {', '.join(OPCUA_POLICIES)}")
+        if p != "None" and p not in OPCUA_POLICIES:
+            raise ValueError(f"security_policy {p!r} is unknown; use one of {', '.join(OPCUA_POLICIES)},"
+                             " or \"None\" to talk without security")
+        if (p == "None") != (self.security_mode in (None, "None") if p == "None" else self.security_mode == "None"):
+            raise ValueError(f"security_mode {self.security_mode!r} does not go with security_policy {p!r}:"
+                             " no security needs both set to \"None\"")
+        if self.username is None and (self.password_env or self.password_file):
+            raise ValueError("password_env/password_file given without a username")
+        if self.username is not None and bool(self.password_env) == bool(self.password_file):
+            raise ValueError(f"username {self.username!r} needs exactly one of password_env or password_file")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+    @property
+    def mode_name(self) -> str:
+        """The message security mode asked for: SignAndEncrypt unless said otherwise."""
+        if self.security_policy == "None":
+            return "None"
+        return self.security_mode or "SignAndEncrypt"
 
 
 class SerialConfig(_Frozen):
