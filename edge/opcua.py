@@ -55,6 +55,7 @@ _LOGIN_REFUSED = {ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadIdentity
                   ua.StatusCodes.BadIdentityTokenRejected}
 _LINK_ERRORS = (OSError, TimeoutError, ConnectionError, ua.UaError)
 _LOT = -1
+_DEFAULT_OPTS = OpcUaClientConfig()  # secure: Basic256Sha256 SignAndEncrypt
 
 
 def _ns(dt: datetime) -> int:
@@ -70,7 +71,7 @@ class OpcUaReader(Reader):
 
     def __init__(self, endpoint: str, builder: BatchBuilder, publish: Publish, *, publishing_interval_ms: int = 200,
                  queue_size: int = 1000, batch_max_rows: int = 1000, batch_max_age_s: float = 0.25,
-                 timeout_s: float | None = None, opts: OpcUaClientConfig = OpcUaClientConfig(),
+                 timeout_s: float | None = None, opts: OpcUaClientConfig = _DEFAULT_OPTS,
                  data_dir: Path | None = None, trusted_certs: tuple[Path, ...] = ()) -> None:
         """``data_dir`` places the default PKI directory; ``trusted_certs`` are server certificates the
         caller vouches for on top of the trust list (the demo trusts the simulator it started)."""

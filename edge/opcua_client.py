@@ -23,8 +23,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from asyncua import Client, ua
 from asyncua.client import client as _asyncua_client
 from asyncua.common.connection import TransportLimits
-from asyncua.ua.uaerrors import (BadCertificateInvalid, BadCertificateUntrusted, BadSecurityChecksFailed,
-                                 BadSecurityPolicyRejected)
+from asyncua.ua.uaerrors import (
+    BadCertificateInvalid,
+    BadCertificateUntrusted,
+    BadSecurityChecksFailed,
+    BadSecurityPolicyRejected,
+)
 
 log = logging.getLogger(__name__)
 

@@ -115,12 +115,23 @@ class _Child:
             await self.proc.wait()
 
 
+def _sim_certs(data_dir: Path, endpoint: str) -> tuple[Path, ...]:
+    """The certificate the simulator we started published for this endpoint: trusted because we started it."""
+    from urllib.parse import urlparse
+
+    cert = data_dir / "sim" / "certs" / f"server-{urlparse(endpoint).port}-cert.der"
+    return (cert,) if cert.exists() else ()
+
+
 async def _start_sim(cfg: Config, data_dir: Path) -> tuple[_Child, dict]:
     p = cfg.plant
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "qctrace", "sim", p.scenario, "--seed", str(p.seed), "--speed", str(p.speed),
         "--host", p.host, "--port", str(p.opcua_port), "--truth-dir", str(data_dir / TRUTH_DIR),
         "--dev-dir", str(data_dir / "dev"), "--control",
+        # The simulator offers secure endpoints and puts its certificates where the demo's readers trust them.
+        *(() if cfg.edge.opcua.security_policy == "None" else
+          ("--secure", "--cert-dir", str(data_dir / "sim" / "pki"), "--publish-cert", str(data_dir / "sim" / "certs"))),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -207,7 +218,8 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         for endpoint in ready["opcua"]:
             readers.append(OpcUaReader(endpoint, BatchBuilder(streams, seqs), transport.send,
                                        publishing_interval_ms=e.publishing_interval_ms, queue_size=e.queue_size,
-                                       batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s))
+                                       batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s,
+                                       opts=e.opcua, data_dir=data_dir, trusted_certs=_sim_certs(data_dir, endpoint)))
         for sh in shipments_of(scenario):
             readers.append(SerialReader(ready["serial"][sh.id], COLDCHAIN_SITE, sh.id, sh.logger,
                                         BatchBuilder(streams, seqs), transport.send, lot=sh.lot,

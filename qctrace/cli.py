@@ -106,10 +106,13 @@ def demo(config_path: Path | None, data_dir: Path | None, duration: float | None
               help="No servers: write the readings and labels straight to Parquet in this directory.")
 @click.option("--processes/--no-processes", default=None,
               help="One server process per line. Default: yes when the scenario has more than one line.")
-@click.option("--secure", is_flag=True, help="Also offer Basic256Sha256 SignAndEncrypt (certificates made on first"
-              " start in --cert-dir).")
+@click.option("--secure", is_flag=True, help="Also offer Basic256Sha256, Aes128_Sha256_RsaOaep and"
+              " Aes256_Sha256_RsaPss, Sign and SignAndEncrypt (certificates made on first start in --cert-dir).")
 @click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".qctrace-sim-pki"),
               show_default=True, help="Where the servers keep their generated key and certificate.")
+@click.option("--publish-cert", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --secure: also copy each server's certificate (never its key) here, e.g. a reader's"
+              " trust directory.")
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
               help="Require this username/password (repeatable); anonymous logins are then refused.")
 @click.option("--baud", type=click.IntRange(min=300), default=None,
@@ -118,7 +121,7 @@ def demo(config_path: Path | None, data_dir: Path | None, duration: float | None
 @_errors
 def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: float | None,
         truth_dir: Path | None, dev_dir: Path | None, replay_to: Path | None, processes: bool | None, secure: bool,
-        cert_dir: Path, users: tuple[str, ...], baud: int | None, control: bool) -> None:
+        cert_dir: Path, publish_cert: Path | None, users: tuple[str, ...], baud: int | None, control: bool) -> None:
     """Run the simulated plant: OPC UA line PLCs and serial loggers, or replay it to Parquet.
 
     SCENARIO is a shipped scenario name (demo, coldchain, faults, stress) or a path to a scenario
@@ -151,7 +154,7 @@ def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: 
         if not sep or not name:
             raise click.BadParameter(f"{u!r}: expected NAME:PASSWORD", param_hint="--user")
         pairs.append((name, pw))
-    security = ServerSecurity(encrypted=secure, cert_dir=cert_dir, users=tuple(pairs))
+    security = ServerSecurity(encrypted=secure, cert_dir=cert_dir, users=tuple(pairs), publish_dir=publish_cert)
 
     def announce(endpoints: dict) -> None:
         for url in endpoints["opcua"]:

@@ -111,8 +111,94 @@ class OpcUaClientConfig(_Frozen):
         return self.security_mode or "SignAndEncrypt"
 
 
+class ModbusRegister(_Frozen):
+    """One value in a Modbus unit's register map: where it is, how it is encoded, what it means.
+
+    ``value = raw * scale + offset``; a float32 spans two registers, high word first unless
+    ``word_order = "little"`` (many loggers swap them: check the manual)."""
+
+    sensor: str = Field(pattern=r"^[^/\x00-\x1f]+$", description="sensor name (last part of the key)")
+    address: Annotated[int, Field(ge=0, le=65535)]
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["int16", "uint16", "float32"] = "uint16"
+    word_order: Literal["big", "little"] = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def width(self) -> int:
+        return 2 if self.type == "float32" else 1
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModbusRegister:
+        if self.address + self.width > 65536:
+            raise ValueError(f"{self.sensor}: a {self.type} at {self.address} runs past register 65535")
+        if not math.isfinite(self.scale) or self.scale == 0 or not math.isfinite(self.offset):
+            raise ValueError(f"{self.sensor}: scale must be finite and non-zero, offset finite")
+        return self
+
+
+class ModbusUnit(_Frozen):
+    """One Modbus slave on the line (RS-485 carries up to 247): its id and its register map."""
+
+    unit_id: Annotated[int, Field(ge=1, le=247)]
+    device: str = Field(pattern=r"^[^/\x00-\x1f]+$")
+    registers: tuple[ModbusRegister, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> ModbusUnit:
+        seen: dict[tuple[str, int], str] = {}
+        for r in self.registers:
+            for a in range(r.address, r.address + r.width):
+                other = seen.setdefault((r.table, a), r.sensor)
+                if other != r.sensor:
+                    raise ValueError(f"unit {self.unit_id}: {r.sensor} and {other} both use {r.table} register {a}")
+        names = [r.sensor for r in self.registers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"unit {self.unit_id}: a sensor name appears twice in its register map")
+        return self
+
+
+class SerialDevice(_Frozen):
+    """One serial port: a framed-protocol logger (firmware_sim/PROTOCOL.md) or a Modbus RTU line.
+
+    Name the port by a stable path (``/dev/serial/by-id/…``) so a replugged adapter is found again."""
+
+    port: str
+    protocol: Literal["framed", "modbus"] = "framed"
+    site: str = Field(pattern=r"^[^/\x00-\x1f]+$")
+    line: str = Field(pattern=r"^[^/\x00-\x1f]+$")
+    baudrate: Annotated[int, Field(ge=300, le=4_000_000)] = 115200
+    # framed: the logger id expected on the port, and the lot (shipment) it travels with
+    device: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    lot: str | None = None
+    # modbus: the units polled on the line and how
+    units: tuple[ModbusUnit, ...] = ()
+    poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    max_registers_per_read: Annotated[int, Field(ge=1, le=125)] = 125  # 125 is Modbus's own limit
+    unit_down_after: Annotated[int, Field(ge=1)] = 3  # failed polls in a row before a unit is "away"
+
+    @model_validator(mode="after")
+    def _protocol_fields(self) -> SerialDevice:
+        if self.protocol == "framed" and self.device is None:
+            raise ValueError(f"{self.port}: a framed logger needs device = its logger id")
+        if self.protocol == "modbus":
+            if not self.units:
+                raise ValueError(f"{self.port}: a modbus line needs at least one [[...units]] entry")
+            ids = [u.unit_id for u in self.units]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{self.port}: a unit_id appears twice on one line")
+        return self
+
+
 class SerialConfig(_Frozen):
-    """Serial devices: the framed logger protocol and Modbus RTU."""
+    """Serial devices: the framed logger protocol and Modbus RTU, and how a lost device is retried."""
+
+    devices: tuple[SerialDevice, ...] = ()
+    reopen_initial_s: Annotated[float, Field(gt=0)] = 0.05
+    reopen_cap_s: Annotated[float, Field(gt=0)] = 2.0
+    warn_interval_s: Annotated[float, Field(gt=0)] = 10.0  # bad frames are summed into one warning this often
 
 
 class EdgeConfig(_Frozen):
