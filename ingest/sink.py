@@ -74,15 +74,15 @@ def storage_error(action: str, path: Path, exc: OSError, rows: int) -> SinkCommi
                            f" stay pending and are not acknowledged upstream; {hint} and ingest retries")
 
 
-def write_parquet(table: pa.Table, path: Path, row_group_rows: int = ROW_GROUP_ROWS) -> str:
-    """Write ``table`` to ``.<name>.tmp`` beside ``path`` and fsync it; returns its SHA-256.
+def write_parquet(table: pa.Table, path: Path, row_group_rows: int = ROW_GROUP_ROWS, tmp: Path | None = None) -> str:
+    """Write ``table`` to ``tmp`` (default ``.<name>.tmp`` beside ``path``) and fsync it; returns its SHA-256.
 
     The file is encoded in memory and hashed there, so the hash costs no second read of the file.
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=row_group_rows, write_page_index=True)
     buf = sink.getvalue()
-    tmp = tmp_path(path)
+    tmp = tmp if tmp is not None else tmp_path(path)
     with open(tmp, "wb") as fh:
         fh.write(buf)
         fh.flush()
@@ -114,7 +114,6 @@ class ParquetSink:
         self.flush_age_s = flush_age_s
         self.row_group_rows = row_group_rows
         self._snap = Snapshot()
-        self._snap_id: tuple[int, int] | None = None
         self._committed: dict[str, SeqRanges] = {}
         self._accepted: dict[str, SeqRanges] = {}
         self._buffer: list[pa.RecordBatch] = []
@@ -176,14 +175,8 @@ class ParquetSink:
         self._accepted = {k: v.copy() for k, v in self._committed.items()}
 
     def _reload(self) -> None:
-        """Re-read the record if another writer (compactor, retention) replaced it since we last did."""
-        try:
-            st = os.stat(self.commit_path)
-        except FileNotFoundError:
-            return
-        if (st.st_ino, st.st_mtime_ns) != self._snap_id:
-            self._snap = read_snapshot(self.state_dir) or Snapshot()
-            self._snap_id = (st.st_ino, st.st_mtime_ns)
+        """Re-read the record (with the lock held): the compactor or retention may have changed it."""
+        self._snap = read_snapshot(self.state_dir) or Snapshot()
 
     def _recover(self) -> None:
         known = {f.path for f in self._snap.files} | {r.path for r in self._snap.retired}
@@ -309,8 +302,7 @@ class ParquetSink:
                 snap = Snapshot(self._snap.generation + 1, self._snap.files + new_files,
                                 {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired)
                 write_snapshot(self.state_dir, snap)
-                st = os.stat(self.commit_path)
-                self._snap, self._snap_id = snap, (st.st_ino, st.st_mtime_ns)
+                self._snap = snap
         except OSError as exc:
             for final, _ in staged:
                 with_tmp = [tmp_path(final)] + ([final] if final in renamed else [])

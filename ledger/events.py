@@ -207,12 +207,18 @@ def data_gap(source: str, start_ns: int, end_ns: int, reason: str) -> dict[str, 
                                   "reason": reason[:500]}})
 
 
-def data_committed(path: str, sha256: str, rows: int, at_ns: int, sources: Sequence[str] = ()) -> dict[str, Any]:
-    """A Parquet file as written: an auditor proves later that no reading in it has changed."""
+def data_committed(path: str, sha256: str, rows: int, at_ns: int, sources: Sequence[str] = (),
+                   replaces: Sequence[str] = ()) -> dict[str, Any]:
+    """A Parquet file as written: an auditor proves later that no reading in it has changed.
+    ``replaces`` names the files a compacted file took the place of (it holds exactly their rows);
+    from then on those files may be gone."""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise InvalidEvent(f"data_committed: sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    data: dict[str, Any] = {"path": path, "sha256": sha256, "rows": rows, "sources": sorted(sources)}
+    if replaces:
+        data["replaces"] = sorted(replaces)
     return _base(DATA_COMMITTED, "ObjectEvent", at_ns, action="OBSERVE", epcList=[], bizStep="inspecting",
-                 **{f"{NS}:data": {"path": path, "sha256": sha256, "rows": rows, "sources": sorted(sources)}})
+                 **{f"{NS}:data": data})
 
 
 # ---------------------------------------------------------------- custody and shipping

@@ -82,7 +82,8 @@ class Provenance:
 
                 out += alarm_events([f], self.gtin_of)
             elif isinstance(f, CommittedFile):
-                out.append(events.data_committed(f.path, f.sha256, f.rows, max(self._now_ns, self.start_ns)))
+                out.append(events.data_committed(f.path, f.sha256, f.rows, max(self._now_ns, self.start_ns),
+                                                 replaces=f.replaces))
         out += self.custody_until(self._now_ns)
         return out
 

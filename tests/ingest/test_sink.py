@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 
@@ -107,7 +108,7 @@ def test_a_write_failure_is_a_commit_error_and_keeps_the_rows_buffered(tmp_path)
     sink.add(sink.dedupe(_batch(range(5))))
     blocker = tmp_path / "readings" / "site=s"
     blocker.write_text("a file where the partition directory must go")  # fails even for root
-    with pytest.raises(SinkCommitError, match="Not a directory .*5 readings stay pending"):
+    with pytest.raises(SinkCommitError, match=r"Not a directory .*5 readings stay pending"):
         sink.flush()
     assert not (tmp_path / "ingest" / "commit.json").exists()
     blocker.unlink()
@@ -144,7 +145,7 @@ def _deliveries(draw):
         n = draw(st.integers(1, 30))
         cuts = sorted(draw(st.sets(st.integers(1, max(n - 1, 1)), max_size=6)) - {n})
         edges = [0, *cuts, n]
-        plan += [(dev, list(range(a, b))) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+        plan += [(dev, list(range(a, b))) for a, b in itertools.pairwise(edges) if b > a]
     order = draw(st.permutations(plan))
     extra = draw(st.lists(st.sampled_from(plan), max_size=6))
     items = list(order)
@@ -173,7 +174,7 @@ def test_any_order_duplication_and_restart_commits_each_reading_exactly_once(tmp
         if not sink.covers(f"s/l1/{dev}", seqs[0], seqs[-1]):
             sink.add(sink.dedupe(_rows(dev, seqs)))
     sink.flush()
-    t, keys = _exactly_once(tmp / "readings")
+    _t, keys = _exactly_once(tmp / "readings")
     want = {(f"s/l1/{dev}", q) for dev, seqs in plan for q in seqs}
     assert keys == want
     for dev in ("plcA", "plcB"):
@@ -218,7 +219,7 @@ def test_a_crash_at_any_step_of_a_commit_loses_and_doubles_nothing(tmp_path, mon
         root = tmp_path / f"run{step}"
         calls = {"n": 0}
 
-        def boom(real):
+        def boom(real, calls=calls, step=step):
             def inner(*a, **kw):
                 calls["n"] += 1
                 if calls["n"] == step:
@@ -249,7 +250,7 @@ def test_a_crash_at_any_step_of_a_commit_loses_and_doubles_nothing(tmp_path, mon
             if not restarted.covers("s/l1/plc", seqs[0], seqs[-1]):
                 restarted.add(restarted.dedupe(b))
         restarted.flush()
-        t, keys = _exactly_once(root / "readings")
+        _t, keys = _exactly_once(root / "readings")
         assert keys == {("s/l1/plc", q) for q in range(35)}, f"crash at disk step {step}"
         on_disk = {p.relative_to(root / "readings").as_posix() for p in (root / "readings").rglob("*")
                    if p.is_file()}

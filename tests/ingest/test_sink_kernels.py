@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,7 +63,7 @@ def test_interval_set_is_exactly_the_union_of_what_was_added(chunks, lo, hi):
     assert r.covers(lo, hi) == all(i in seen for i in range(lo, hi + 1))
     assert r.high == max(seen, default=-1)
     pairs = r.pairs()
-    assert all(b + 1 < c for (_, b), (c, _) in zip(pairs, pairs[1:], strict=False))  # merged: no touching pairs
+    assert all(b + 1 < c for (_, b), (c, _) in itertools.pairwise(pairs))  # merged: no touching pairs
     assert SeqRanges(pairs) == r
 
 

@@ -1,0 +1,151 @@
+"""Compaction merges small files without a reader ever seeing a row missing or twice, and tells the ledger."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.commit_record import read_snapshot
+from ingest.compact import compact, purge_retired
+from ingest.query import query, snapshot_files
+from ingest.sink import ParquetSink, read_dataset
+from ledger import Ledger
+from ledger.audit import verify_ledger
+from ledger.events import data_committed
+from qctrace.errors import DataFileChanged
+from qctrace.schema import batch_from_columns, source_keys
+
+DAY = 1_793_577_600 * 10**9  # 2026-11-02T00:00:00Z
+
+
+def _batch(dev, seqs, line="l1"):
+    n = len(seqs)
+    return batch_from_columns({
+        "ts": [DAY + q * 10**9 for q in seqs], "recv_ts": [DAY] * n, "site": ["s"] * n, "line": [line] * n,
+        "device": [dev] * n, "sensor": [f"x{q % 5}" for q in seqs], "value": [float(q) for q in seqs],
+        "quality": [0] * n, "seq": list(seqs), "lot": [f"LOT-{q // 40}" for q in seqs],
+    })
+
+
+def _fill(tmp_path, flushes=12, per=20):
+    sink = ParquetSink(tmp_path / "readings", tmp_path / "ingest")
+    for k in range(flushes):
+        for line in ("l1", "l2"):
+            sink.add(sink.dedupe(_batch(f"plc-{line}", range(k * per, (k + 1) * per), line)))
+        sink.flush()
+    return sink
+
+
+def _keys(table):
+    return sorted(zip(source_keys(table).to_pylist(), table.column("seq").to_pylist(), strict=True))
+
+
+def test_small_files_become_one_sorted_file_per_partition_with_the_same_rows(tmp_path):
+    sink = _fill(tmp_path)
+    before = _keys(read_dataset(tmp_path / "readings"))
+    res = compact(tmp_path / "readings", tmp_path / "ingest", min_files=3, target_rows=10_000, grace_s=60)
+    assert res.files_in == 24 and len(res.merged) == 2 and res.rows == 480
+    snap = read_snapshot(tmp_path / "ingest")
+    assert sorted(f.path for f in snap.files) == sorted(m.path for m in res.merged)
+    assert _keys(read_dataset(tmp_path / "readings")) == before
+    for m in res.merged:
+        assert len(m.replaces) == 12 and all(r.rsplit("/", 1)[0] == m.path.rsplit("/", 1)[0] for r in m.replaces)
+        t = pq.read_table(tmp_path / "readings" / m.path)
+        keys = list(zip(t.column("sensor").cast("string").to_pylist(), t.column("ts").cast("int64").to_pylist(),
+                        strict=True))
+        assert keys == sorted(keys)
+        assert m.lots == tuple(f"LOT-{i}" for i in range(6))
+    # The replaced files wait out their grace period (a reader may hold an old snapshot), then go.
+    assert all((tmp_path / "readings" / r.path).is_file() for r in snap.retired) and len(snap.retired) == 24
+    assert purge_retired(tmp_path / "readings", tmp_path / "ingest", grace_s=60) == 0
+    assert purge_retired(tmp_path / "readings", tmp_path / "ingest", grace_s=60, now=time.time() + 61) == 24
+    assert not any((tmp_path / "readings" / r.path).exists() for r in snap.retired)
+    # The sink carries on after compaction changed the record under it; nothing is lost.
+    sink.add(sink.dedupe(_batch("plc-l1", range(240, 250))))
+    sink.flush()
+    assert len(_keys(read_dataset(tmp_path / "readings"))) == 490
+    reopened = ParquetSink(tmp_path / "readings", tmp_path / "ingest")
+    assert reopened.committed_ranges("s/l1/plc-l1") == [(0, 249)]
+    assert len(_keys(read_dataset(tmp_path / "readings"))) == 490
+
+
+def test_lot_queries_read_only_the_files_that_hold_the_lot(tmp_path):
+    _fill(tmp_path)
+    every = snapshot_files(tmp_path / "readings")
+    some = snapshot_files(tmp_path / "readings", lot="LOT-2")
+    assert len(every) == 24 and len(some) == 4  # LOT-2 is seqs 80..119: two flushes, two lines
+    t = query(tmp_path / "readings", "SELECT seq FROM {SOURCE} WHERE lot = $lot", {"lot": "LOT-2"}, lot="LOT-2")
+    assert sorted(t.column("seq").to_pylist()) == sorted(list(range(80, 120)) * 2)
+
+
+def test_compaction_beside_ingest_and_queries_never_shows_a_row_missing_or_twice(tmp_path):
+    sink = _fill(tmp_path, flushes=4)
+    root, state = tmp_path / "readings", tmp_path / "ingest"
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    passes = {"compact": 0, "ingest": 0}
+
+    def ingest():
+        k = 4
+        try:
+            while not stop.is_set() and k < 60:
+                for line in ("l1", "l2"):
+                    sink.add(sink.dedupe(_batch(f"plc-{line}", range(k * 20, (k + 1) * 20), line)))
+                sink.flush()
+                passes["ingest"] += 1
+                k += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    def compactor():
+        try:
+            while not stop.is_set():
+                compact(root, state, min_files=2, target_rows=200, grace_s=0.05)
+                passes["compact"] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest), threading.Thread(target=compactor)]
+    for t in threads:
+        t.start()
+    queries = 0
+    deadline = time.monotonic() + 6
+    try:
+        while time.monotonic() < deadline and (threads[0].is_alive() or queries < 20):
+            t = query(root, "SELECT site || '/' || line || '/' || device AS src, seq FROM {SOURCE}")
+            rows = list(zip(t.column("src").to_pylist(), t.column("seq").to_pylist(), strict=True))
+            assert len(rows) == len(set(rows)), "a query saw a row twice"
+            for src in ("s/l1/plc-l1", "s/l2/plc-l2"):
+                seqs = sorted(q for s, q in rows if s == src)
+                # Ingest commits in seq order, so any snapshot holds exactly 0..k of each source.
+                assert seqs == list(range(len(seqs))), f"a query missed rows of {src}"
+            queries += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert queries >= 20 and passes["compact"] >= 3 and passes["ingest"] >= 3
+    final = _keys(read_dataset(root))
+    assert len(final) == len(set(final)) == 2 * 20 * (4 + passes["ingest"])
+
+
+def test_compacted_files_go_to_the_ledger_and_verify_passes_once_the_old_files_are_gone(tmp_path):
+    sink = _fill(tmp_path, flushes=4)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.append_many([data_committed(f.path, f.sha256, f.rows, DAY) for f in sink.files])
+    res = compact(tmp_path / "readings", tmp_path / "ingest", min_files=2, grace_s=0,
+                  on_files=lambda files: ledger.append_many(
+                      [data_committed(f.path, f.sha256, f.rows, DAY, replaces=f.replaces) for f in files]))
+    purge_retired(tmp_path / "readings", tmp_path / "ingest", grace_s=0)
+    bodies = [e.as_dict()["qctrace:data"] for e in ledger.events(kind="data_committed")]
+    assert [len(b.get("replaces", ())) for b in bodies[-2:]] == [4, 4]
+    assert verify_ledger(ledger, [], data_root=tmp_path / "readings").data_files == 8 + len(res.merged)
+    # A file nobody replaced that goes missing is still a finding.
+    (tmp_path / "readings" / res.merged[0].path).unlink()
+    with pytest.raises(DataFileChanged, match="is missing"):
+        verify_ledger(ledger, [], data_root=tmp_path / "readings")
+    ledger.close()
