@@ -182,9 +182,12 @@ class AlarmFeed:
     """
 
     def __init__(self, cfg: Config, notify: Callable[[Transition], None] | None = None) -> None:
+        from qctrace.notify import Notifier
+
         self.engine = AlarmEngine(cfg.alarms)
         self.enabled = cfg.alarms.enabled
-        self.notify = notify
+        self.notifier = Notifier.from_config(cfg.alarms) if self.enabled and notify is None else None
+        self.notify = notify or (self.notifier.submit if self.notifier else None)
 
     def __call__(self, facts: list) -> list:
         if not self.enabled:
@@ -198,8 +201,11 @@ class AlarmFeed:
         return [*facts, *self._tell(out)]
 
     def close(self) -> list[Transition]:
-        """At shutdown: the pending clears (to record), after which notifications are drained."""
-        return self._tell(self.engine.flush()) if self.enabled else []
+        """At shutdown: the pending clears (to record), after which queued notifications are delivered."""
+        out = self._tell(self.engine.flush()) if self.enabled else []
+        if self.notifier is not None:
+            self.notifier.close()
+        return out
 
     def _tell(self, transitions: list[Transition]) -> list[Transition]:
         if self.notify is not None:

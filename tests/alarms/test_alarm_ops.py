@@ -96,7 +96,7 @@ def test_an_expired_shelving_shows_the_alarm_again(cfg):
 
 def test_unknown_id_and_missing_user_are_clear_errors_that_write_nothing(cfg):
     n = len(Ledger(ledger_path(cfg.data_dir), readonly=True))
-    with pytest.raises(AlarmError, match="no alarm 'nope'.*alarms list"):
+    with pytest.raises(AlarmError, match=r"no alarm 'nope'.*alarms list"):
         alarm_ops.acknowledge(cfg, "nope", "ann")
     aid = _by_sensor(cfg)["p/l1/plc/weight"].id
     with pytest.raises(AlarmError, match="did you mean " + aid):

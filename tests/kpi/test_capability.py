@@ -34,7 +34,7 @@ def test_within_sigma_from_moving_range_and_subgroup_ranges():
     assert s == pytest.approx(np.mean([2, 1, 3, 1, 0]) / 1.128) and method == "moving range / d2"
     s, method = within_sigma(x, subgroup=3)
     assert s == pytest.approx(np.mean([2.0, 1.0]) / 1.693) and method == "R-bar / d2(3)"
-    with pytest.raises(ValueError, match="2..10"):
+    with pytest.raises(ValueError, match=r"2\.\.10"):
         within_sigma(x, subgroup=11)
 
 
