@@ -514,14 +514,20 @@ class Config(_Frozen):
         return _validate(data, "<overrides>")
 
 
-def _validate(data: dict[str, Any], origin: str) -> Config:
+def _validate(data: dict[str, Any], origin: str, text: str | None = None) -> Config:
+    """Validate; each problem names its key and, when the TOML ``text`` is known, its line."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{origin}: invalid configuration: {problems}") from None
+        from qctrace.toml_lines import key_lines, line_of
+
+        lines = key_lines(text) if text is not None else {}
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<top>"
+            line = line_of(lines, err["loc"])
+            problems.append(f"{key}{f' (line {line})' if line else ''}: {err['msg']}")
+        raise ConfigError(f"{origin}: invalid configuration: {'; '.join(problems)}") from None
 
 
 def load_config(path: Path | str | None = None) -> Config:
@@ -534,6 +540,10 @@ def load_config(path: Path | str | None = None) -> Config:
         origin = str(p)
         try:
             text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{origin}: not a UTF-8 text file (byte {exc.start}, line {line}): is this the"
+                              " configuration?") from None
         except FileNotFoundError:
             raise ConfigError(f"{origin}: configuration file not found") from None
         except OSError as exc:
@@ -542,4 +552,4 @@ def load_config(path: Path | str | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
-    return _validate(data, origin)
+    return _validate(data, origin, text)
