@@ -172,7 +172,8 @@ def recent_readings(root: str, site: str, line: str, window_s: float,
     if not group:
         return pd.DataFrame()
     cutoff = max(f.ts_max for f in group) - int(window_s * 1e9)
-    want = None if sensors is None else {k.split("/", 2)[2] for k in sensors}
+    prefix = f"{site}/{line}/"
+    want = None if sensors is None else {k[len(prefix):] for k in sensors if k.startswith(prefix)}
     files = [f.path for f in group if f.ts_max > cutoff and (want is None or want & set(f.sensors))]
     where, params = "epoch_ns(ts) > $cutoff", {"cutoff": cutoff}
     if want is not None:
@@ -421,7 +422,7 @@ class Shipment:
     lots: tuple[str, ...]
     loggers: tuple[str, ...]
     customer: str
-    custody: tuple[tuple[str, str, str], ...]  # (event time, step, where)
+    custody: tuple[tuple[str, str, str], ...]  # (event time, step, where), in ledger order
 
 
 @st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
@@ -453,7 +454,7 @@ def shipments(path: str) -> list[Shipment]:
             s["customer"] = ", ".join(name_of(d.get("destination", "")) for d in body.get("destinationList") or ())
             s["custody"].append((e.event_time, "delivered", where))
     return [Shipment(k, v["stage"], v["location"], tuple(dict.fromkeys(v["lots"])), tuple(v["loggers"]),
-                     v["customer"], tuple(sorted(v["custody"]))) for k, v in found.items()]
+                     v["customer"], tuple(v["custody"])) for k, v in found.items()]
 
 
 @dataclass(frozen=True, slots=True)
