@@ -83,7 +83,7 @@ def plan(snap: Snapshot, min_files: int, target_rows: int) -> list[list[Committe
 
 
 @contextlib.contextmanager
-def _only_one(state_dir: Path) -> Iterator[None]:
+def maintenance_lock(state_dir: Path) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -161,7 +161,7 @@ def compact(root: Path, state_dir: Path, min_files: int = 4, target_rows: int = 
     ``data_committed`` event, naming what it replaces)."""
     res = CompactResult()
     try:
-        with _only_one(state_dir):
+        with maintenance_lock(state_dir):
             for p in root.rglob(".compact-*.tmp"):  # a compaction that died before its commit
                 log.warning("compact.recover removing=%s", p)
                 p.unlink()

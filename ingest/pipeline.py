@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ import pyarrow.compute as pc
 from ingest.detect import Detector
 from ingest.episodes import Episode, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
-from ingest.sink import CommittedFile, ParquetSink
+from ingest.sink import CommittedFile, ParquetSink, storage_error
 from qctrace.config import DetectConfig, SinkConfig
+from qctrace.errors import SinkCommitError
 from qctrace.schema import Flag, Gap
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,13 @@ class Ingest:
         self.detector = Detector(detect)
         self.episodes = EpisodeTracker()
         self.lots = LotTracker()
-        self.sink = ParquetSink(data_dir / "readings", data_dir / "ingest", sink.flush_rows, sink.flush_age_s)
+        self.sink = ParquetSink(data_dir / "readings", data_dir / "ingest", sink.flush_rows, sink.flush_age_s,
+                                sink.row_group_rows)
         self.on_events = on_events
         self.on_commit: list[Callable[[], None]] = []  # called after each durable commit (acks upstream)
+        self.commit_error: SinkCommitError | None = None  # the last commit the disk refused, until one succeeds
+        self._retry_s = sink.retry_s
+        self._retry_at = 0.0
         self.stats = IngestStats()
         self._generation = 0
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
@@ -85,19 +91,34 @@ class Ingest:
         if facts:
             self.on_events(facts)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         """Commit buffered rows together with the detector state that produced their flags.
 
         The state goes to a new file first (``detector-<n>.npz``, fsynced); the sink's atomic commit
         record then names it. A crash before the commit leaves the old record and the old state,
         which match each other; the files of older states are removed after the commit.
         """
-        if not self.sink.pending_rows:
+        if not self.sink.pending_rows or (not final and time.monotonic() < self._retry_at):
             return
         self._generation += 1
         name = f"detector-{self._generation:08d}.npz"
-        self.detector.save(self.sink.state_dir / name)
-        files = self.sink.flush({"detector": name})
+        try:
+            try:
+                self.detector.save(self.sink.state_dir / name)
+            except OSError as exc:
+                raise storage_error("cannot save the detector state to", self.sink.state_dir, exc,
+                                    self.sink.pending_rows) from exc
+            files = self.sink.flush({"detector": name})
+        except SinkCommitError as exc:
+            # Nothing is acknowledged (on_commit is not called): the rows stay pending, upstream
+            # keeps them, and the commit is retried after retry_s. At the end of a run it raises.
+            self.commit_error = exc
+            self._retry_at = time.monotonic() + self._retry_s
+            log.error("ingest.commit_failed pending=%d error=%s", self.sink.pending_rows, exc)
+            if final:
+                raise
+            return
+        self.commit_error = None
         for old in self.sink.state_dir.glob("detector-*.npz"):
             if old.name != name and old.name != self.sink.extra.get("detector"):
                 old.unlink(missing_ok=True)
@@ -112,7 +133,7 @@ class Ingest:
         self.stats.episodes += len(eps)
         if eps:
             self.on_events(list(eps))
-        self.flush()
+        self.flush(final=True)
 
     def check_stale(self) -> list[Episode]:
         """Sensors that went silent (the detector's timer rule), each reported once per silence.

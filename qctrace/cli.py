@@ -576,5 +576,61 @@ def alarms_unshelve(alarm_id: str, user: str, config_path: Path | None, data_dir
     click.echo(_alarm_line(unshelve(_load(config_path, data_dir), alarm_id, user)))
 
 
+def _bar(label: str):
+    """A progress callback (step, done, total) drawing one click progress bar on stderr."""
+    state: dict = {}
+
+    def progress(step: str, done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            state["done"] = 0
+        state["bar"].update(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            state["bar"].render_finish()
+
+    return progress
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@_errors
+def compact(config_path: Path | None, data_dir: Path | None) -> None:
+    """Merge each partition's small Parquet files into larger ones (safe while ingest and queries run).
+
+    Readers never see a row missing or twice: the new file replaces the old ones in one atomic
+    commit-record update, and the old files stay for [sink] retired_grace_s seconds for readers
+    holding an older snapshot. Each new file goes to the ledger as a data_committed event naming
+    the files it replaces. Settings: [sink] compact_min_files, compact_target_rows.
+    """
+    from qctrace import sink_ops
+
+    res = sink_ops.run_compaction(_load(config_path, data_dir), progress=_bar("compacting"))
+    for line in res.lines():
+        click.echo(line)
+
+
+@cli.command()
+@_config_option
+@_data_dir_option
+@click.option("--dry-run", is_flag=True, help="Only list what would be dropped.")
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Keep this many days. Default: [sink] retention_days from the configuration.")
+@_errors
+def retention(config_path: Path | None, data_dir: Path | None, dry_run: bool, days: int | None) -> None:
+    """Drop partitions older than the retention age, except those holding lots on hold or recalled.
+
+    Held and recalled lots (lot_held / lot_recalled in the ledger, no later lot_released) keep their
+    partitions whatever their age. What is dropped is listed in a manifest recorded in the ledger,
+    so `qctrace verify` knows those files are gone on purpose.
+    """
+    from qctrace import sink_ops
+
+    res = sink_ops.run_retention(_load(config_path, data_dir), dry_run, days, progress=_bar("dropping"))
+    for line in res.lines():
+        click.echo(line)
+
+
 def main() -> None:
     cli(prog_name="qctrace")

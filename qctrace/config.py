@@ -339,8 +339,18 @@ class SinkConfig(_Frozen):
     flush_rows: Annotated[int, Field(ge=1)] = 200_000
     flush_age_s: Annotated[float, Field(gt=0)] = 1.0
 
+    """The Parquet sink, its compaction and its retention."""
+
 
 class MqttConfig(_Frozen):
+    row_group_rows: Annotated[int, Field(ge=1024)] = 1 << 17
+    compact_min_files: Annotated[int, Field(ge=2)] = 4  # small files in a partition before they are merged
+    compact_target_rows: Annotated[int, Field(ge=1000)] = 2_000_000  # a merged file's size; smaller than half is small
+    retired_grace_s: Annotated[float, Field(ge=0)] = 300.0
+    """How long a file replaced by compaction or dropped by retention stays on disk, so a reader
+    holding an older snapshot of the commit record still finds it (ingest/commit_record.py)."""
+    retention_days: Annotated[int | None, Field(ge=1)] = None  # None: keep everything
+    retry_s: Annotated[float, Field(gt=0)] = 5.0  # wait before retrying a commit the disk refused
     """The MQTT transport between edge and ingest processes."""
 
 
