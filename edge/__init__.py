@@ -2,25 +2,29 @@
 
 from edge.base import Reader, ReaderState
 from edge.batcher import BatchBuilder, LotTimeline, StreamTable, fixed_lot
+from edge.forward import Forwarder, Link
 from edge.frames import Frame, FrameDecoder, parse_frame
 from edge.opcua import OpcUaReader
 from edge.sequence import SeqAllocator
 from edge.serial import SerialReader
-from edge.transport import InProcessTransport, Transport
+from edge.spool import Spool
+from edge.transport import InProcessLink
 
 __all__ = [
     "BatchBuilder",
+    "Forwarder",
     "Frame",
     "FrameDecoder",
-    "InProcessTransport",
+    "InProcessLink",
+    "Link",
     "LotTimeline",
     "OpcUaReader",
     "Reader",
     "ReaderState",
     "SeqAllocator",
     "SerialReader",
+    "Spool",
     "StreamTable",
-    "Transport",
     "fixed_lot",
     "parse_frame",
 ]

@@ -1,60 +1,43 @@
-"""Transports carry reading batches from edge readers to ingest.
+"""The in-process link: edge and ingest in one process (the default, and what `make demo` runs).
 
-``Transport`` is the interface; ``InProcessTransport`` (asyncio queue, bounded so a slow ingest
-slows the readers instead of growing memory) is the default that lets one command run the whole
-pipeline. MQTT comes as a second implementation of the same interface.
+It carries the same payload bytes as MQTT (``qctrace.wire``), so the demo exercises the spool,
+the codec and commit acknowledgements exactly as the distributed deployment does. The queue is
+bounded: a slow ingest slows the forwarder, and the spool (not memory) absorbs the difference.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 from collections.abc import AsyncIterator
 
-import pyarrow as pa
-
-from qctrace.schema import Gap, check_batch
-
-Item = pa.RecordBatch | Gap
-"""What travels from edge to ingest: reading batches, and gap records between them."""
+from edge.forward import Link
 
 
-class Transport(abc.ABC):
-    @abc.abstractmethod
-    async def send(self, item: Item) -> None:
-        """Hand a batch (or gap record) to the next hop; returns when it has accepted it."""
+class InProcessLink(Link):
+    _CLOSED = b""
 
-    @abc.abstractmethod
-    def receive(self) -> AsyncIterator[Item]:
-        """Items in the order they were sent, until the transport is closed and drained."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """No more sends; receivers finish after what is queued."""
-
-
-class InProcessTransport(Transport):
-    _CLOSED = object()
-
-    def __init__(self, max_batches: int = 256) -> None:
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=max_batches)
+    def __init__(self, max_payloads: int = 256) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_payloads)
         self._closed = False
-        self.batches_sent = 0
+        self.payloads_sent = 0
 
-    async def send(self, item: Item) -> None:
+    async def send(self, payload: bytes, topic_hint: str) -> None:
         if self._closed:
-            raise RuntimeError("send on a closed transport")
-        if not isinstance(item, Gap):
-            check_batch(item)
-        await self._queue.put(item)
-        self.batches_sent += 1
+            raise RuntimeError("send on a closed link")
+        await self._queue.put(payload)
+        self.payloads_sent += 1
 
-    async def receive(self) -> AsyncIterator[Item]:
+    def ack(self, node: str, rids: list[int]) -> None:
+        """Ingest's commit acknowledgement, straight back to the forwarder."""
+        if self.on_ack is not None:
+            self.on_ack(rids)
+
+    async def receive(self) -> AsyncIterator[bytes]:
         while True:
-            item = await self._queue.get()
-            if item is self._CLOSED:
+            payload = await self._queue.get()
+            if payload is self._CLOSED:
                 return
-            yield item
+            yield payload
 
     async def close(self) -> None:
         if not self._closed:

@@ -23,10 +23,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge import BatchBuilder, InProcessTransport, OpcUaReader, SeqAllocator, SerialReader, StreamTable
+from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTable
+from edge.forward import Forwarder
+from edge.spool import Spool
+from edge.transport import InProcessLink
 from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
 from ingest import Ingest, read_dataset
 from ingest.detect import warm_up
+from ingest.receiver import Receiver
 from ledger import Ledger, events
 from ledger.publish import anchor_checkpoint
 from qctrace.alarm_ops import AlarmFeed
@@ -113,6 +117,12 @@ class _Child:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
+
+
+def open_spool(cfg: Config, data_dir: Path) -> Spool:
+    sp = cfg.spool
+    return Spool(data_dir / "edge" / "spool", max_bytes=int(sp.max_mb * 2**20),
+                 segment_bytes=int(sp.segment_mb * 2**20), policy=sp.policy, fsync=sp.fsync)
 
 
 def _sim_certs(data_dir: Path, endpoint: str) -> tuple[Path, ...]:
@@ -205,7 +215,10 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         checkpointer.maybe()
 
     ingest = Ingest(data_dir, cfg.detect, cfg.sink, record)
-    transport = InProcessTransport()
+    link = InProcessLink()
+    spool = open_spool(cfg, data_dir)
+    forwarder = Forwarder(cfg.edge.node, spool, link, window=cfg.spool.window, resend_after_s=cfg.spool.resend_after_s)
+    receiver = Receiver(ingest, link.ack, data_dir / "quarantine")
     streams = StreamTable()
     seqs = SeqAllocator(data_dir / "edge" / "seq.json")
     sim, ready = await _start_sim(cfg, data_dir)
@@ -216,19 +229,21 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         e = cfg.edge
         readers = []
         for endpoint in ready["opcua"]:
-            readers.append(OpcUaReader(endpoint, BatchBuilder(streams, seqs), transport.send,
+            readers.append(OpcUaReader(endpoint, BatchBuilder(streams, seqs), forwarder.publish,
                                        publishing_interval_ms=e.publishing_interval_ms, queue_size=e.queue_size,
                                        batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s,
                                        opts=e.opcua, data_dir=data_dir, trusted_certs=_sim_certs(data_dir, endpoint)))
         for sh in shipments_of(scenario):
             readers.append(SerialReader(ready["serial"][sh.id], COLDCHAIN_SITE, sh.id, sh.logger,
-                                        BatchBuilder(streams, seqs), transport.send, lot=sh.lot,
+                                        BatchBuilder(streams, seqs), forwarder.publish, lot=sh.lot,
                                         baudrate=e.serial_baudrate, batch_max_rows=e.batch_max_rows,
                                         batch_max_age_s=e.batch_max_age_s))
         async with contextlib.AsyncExitStack() as stack:
             for r in readers:
                 await stack.enter_async_context(r)
-            ingest_task = asyncio.create_task(ingest.run(transport.receive()))
+            ingest_task = asyncio.create_task(ingest.run(receiver.items(link.receive())))
+            forward_stop = asyncio.Event()
+            forward_task = asyncio.create_task(forwarder.run(forward_stop))
             reader_stop = asyncio.Event()
             reader_tasks = [asyncio.create_task(r.run(reader_stop)) for r in readers]
             try:
@@ -238,7 +253,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
                     say(f"dashboard: http://{cfg.dashboard.address}:{cfg.dashboard.port}")
                 say("running" + (f" for {duration_s:g} s" if duration_s else "; Ctrl-C stops")
                     + f"; data in {data_dir}")
-                await _wait(stop, duration_s, [*reader_tasks, ingest_task], lambda: say(
+                await _wait(stop, duration_s, [*reader_tasks, ingest_task, forward_task], lambda: say(
                     f"  {time.monotonic() - t0:5.0f} s  readings {ingest.stats.readings_in:>7}  committed"
                     f" {ingest.sink.rows_committed:>7}  flagged {ingest.stats.flagged:>5}  episodes"
                     f" {ingest.stats.episodes:>3}"))
@@ -249,15 +264,21 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
                 await _drain(readers, produced, timeout_s=20.0)
                 reader_stop.set()
                 await asyncio.gather(*reader_tasks)
+                forward_stop.set()
+                await forward_task
+                if not await forwarder.drain(timeout_s=30.0):
+                    log.warning("app.spool_not_drained records=%d (kept in %s; sent again next run)", spool.depth,
+                                spool.dir)
             except BaseException:
-                for t in [*reader_tasks, ingest_task]:
+                for t in [*reader_tasks, ingest_task, forward_task]:
                     t.cancel()
-                await asyncio.gather(*reader_tasks, ingest_task, return_exceptions=True)
+                await asyncio.gather(*reader_tasks, ingest_task, forward_task, return_exceptions=True)
                 raise
-        await transport.close()
+        await link.close()
         await ingest_task
         ledger.append_many(provenance.events_for(alarm_feed.close()))
     finally:
+        spool.close()
         await _tell(sim.proc, "quit")
         for c in children:
             await c.stop()

@@ -202,6 +202,9 @@ class SerialConfig(_Frozen):
 
 
 class EdgeConfig(_Frozen):
+    node: str = Field("edge1", pattern=r"^[A-Za-z0-9_.-]+$", description="this edge node's id: spool and topics")
+    transport: Literal["inprocess", "mqtt"] = "inprocess"
+    opcua_endpoints: tuple[str, ...] = ()  # `qctrace edge`: the servers to read (the demo uses its simulator's)
     opcua: OpcUaClientConfig = OpcUaClientConfig()
     serial: SerialConfig = SerialConfig()
     batch_max_rows: Annotated[int, Field(ge=1)] = 1000
@@ -336,13 +339,10 @@ class DetectConfig(_Frozen):
 
 
 class SinkConfig(_Frozen):
-    flush_rows: Annotated[int, Field(ge=1)] = 200_000
-    flush_age_s: Annotated[float, Field(gt=0)] = 1.0
-
     """The Parquet sink, its compaction and its retention."""
 
-
-class MqttConfig(_Frozen):
+    flush_rows: Annotated[int, Field(ge=1)] = 200_000
+    flush_age_s: Annotated[float, Field(gt=0)] = 1.0
     row_group_rows: Annotated[int, Field(ge=1024)] = 1 << 17
     compact_min_files: Annotated[int, Field(ge=2)] = 4  # small files in a partition before they are merged
     compact_target_rows: Annotated[int, Field(ge=1000)] = 2_000_000  # a merged file's size; smaller than half is small
@@ -351,11 +351,46 @@ class MqttConfig(_Frozen):
     holding an older snapshot of the commit record still finds it (ingest/commit_record.py)."""
     retention_days: Annotated[int | None, Field(ge=1)] = None  # None: keep everything
     retry_s: Annotated[float, Field(gt=0)] = 5.0  # wait before retrying a commit the disk refused
-    """The MQTT transport between edge and ingest processes."""
+
+
+class MqttConfig(_Frozen):
+    """The MQTT transport between edge and ingest processes (MQTT 5, QoS 1, persistent sessions).
+
+    Topics form a Unified Namespace: ``{prefix}/{site}/{line}/{node}/readings`` carries payloads,
+    ``{prefix}/_edge/{node}/state`` the retained birth/death state (the will says "offline"),
+    ``{prefix}/_ack/{node}`` ingest's commit acknowledgements. Ingest workers share the load through
+    the shared subscription ``$share/{group}/...``. The password, when any, comes from the
+    environment variable named by ``password_env``, never from this file."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    prefix: str = Field("qctrace/v1", pattern=r"^[^#+$][^#+]*[^/#+]$")
+    group: str = Field("qctrace-ingest", pattern=r"^[A-Za-z0-9_.-]+$")
+    username: str = ""
+    password_env: str = "QCTRACE_MQTT_PASSWORD"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0)] = 3600
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 64
+    """Messages a worker may hold unacknowledged: ingest's flow control toward the broker."""
 
 
 class SpoolConfig(_Frozen):
-    """The edge's durable store-and-forward spool."""
+    """The edge's durable store-and-forward spool (DATA_DIR/edge/spool by default)."""
+
+    max_mb: Annotated[float, Field(gt=0)] = 1024.0
+    segment_mb: Annotated[float, Field(gt=0)] = 16.0
+    policy: Literal["block", "drop_oldest"] = "block"
+    """When full: ``block`` slows the readers until ingest catches up; ``drop_oldest`` drops the oldest
+    segment and sends loss markers naming exactly which sequence numbers were dropped."""
+    fsync: bool = True
+    window: Annotated[int, Field(ge=1)] = 64  # records sent and not yet committed by ingest
+    resend_after_s: Annotated[float, Field(gt=0)] = 15.0
+
+    @model_validator(mode="after")
+    def _segment_fits(self) -> SpoolConfig:
+        if self.segment_mb > self.max_mb:
+            raise ValueError(f"segment_mb ({self.segment_mb}) must not exceed max_mb ({self.max_mb})")
+        return self
 
 
 PRIORITIES = ("critical", "high", "medium", "low")
@@ -446,15 +481,6 @@ class AlarmsConfig(_Frozen):
         if unknown:
             raise ValueError(f"unknown alarm rule(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_PRIORITIES)}")
         return self
-
-
-class DashboardUser(_Frozen):
-    """One local dashboard user. Only a hash of the password is kept: ``qctrace users hash-password``
-    makes one (scrypt, a random salt per hash), so a leaked configuration file does not leak passwords."""
-
-    role: Literal["technician", "compliance", "admin"]
-    password_hash: str = Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$",
-                               description="scrypt$N$r$p$salt$hash, from `qctrace users hash-password`")
 
 
 class DashboardUser(_Frozen):

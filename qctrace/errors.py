@@ -8,6 +8,10 @@
     ├── ReaderError                 an edge reader cannot read its device
     │   └── ReaderTimeout
     ├── FrameError                  one serial frame rejected (counted, never a reading)
+    ├── PayloadError                an edge→ingest message that is not a valid payload (quarantined)
+    ├── SpoolError                  the edge's durable spool cannot take or give back records
+    │   └── SpoolFull               at its size limit under the "block" policy
+    ├── TransportError              the broker link failed in a way retrying will not fix
     ├── SinkCommitError             the Parquet sink could not commit; upstream must not ack
     ├── AlarmError                  an unknown alarm id, or a state change the alarm's state does not allow
     └── LedgerError
@@ -63,6 +67,22 @@ class FrameError(QctraceError):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"bad frame ({reason}){': ' + detail if detail else ''}")
+
+
+class PayloadError(QctraceError):
+    """A message between edge and ingest that is not a valid qctrace payload."""
+
+
+class SpoolError(QctraceError):
+    """The edge's durable spool cannot take or give back records."""
+
+
+class SpoolFull(SpoolError):
+    """The spool is at its size limit and its policy is to block."""
+
+
+class TransportError(QctraceError):
+    """The link to the broker or the next hop failed in a way retrying will not fix."""
 
 
 class SinkCommitError(QctraceError):
