@@ -279,11 +279,13 @@ class ParquetSink:
         table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
         n = table.num_rows
         staged: list[tuple[Path, CommittedFile]] = []
+        touched: list[Path] = []  # every final name whose temporary file may exist
         renamed: list[Path] = []
         try:
             # Step 1: order, encode, hash, write under a temporary name, fsync.
             for final, rows, meta in self._layout(table):
                 final.parent.mkdir(parents=True, exist_ok=True)
+                touched.append(final)
                 sha = write_parquet(rows, final, self.row_group_rows)
                 staged.append((final, CommittedFile(meta.path, meta.rows, sha, meta.lots, meta.ts_min, meta.ts_max)))
             log.info("sink.step1 written=%d rows=%d", len(staged), n)
@@ -304,7 +306,7 @@ class ParquetSink:
                 write_snapshot(self.state_dir, snap)
                 self._snap = snap
         except OSError as exc:
-            for final, _ in staged:
+            for final in touched:
                 with_tmp = [tmp_path(final)] + ([final] if final in renamed else [])
                 for p in with_tmp:
                     try:
