@@ -20,6 +20,9 @@ from qctrace.errors import FrameError
 
 MAX_FRAME = 128
 TAG = "QC1"
+MAX_TS_MS = (2**63 - 1) // 1_000_000
+"""The latest time a reading can carry (timestamp[ns], 2262-04-11): a later one is no clock at all.
+An earlier wrong clock (1970, 2200) is kept: the reading is still evidence, in its own date's partition."""
 
 _RANGES = {
     "temperature": (-80.0, 120.0),
@@ -74,7 +77,7 @@ def parse_frame(raw: bytes, device: str | None = None, last_seq: int | None = No
         lo, hi = _RANGES[name]
         if not (math.isfinite(v) and lo <= v <= hi):
             raise FrameError("range", f"{name}={v} outside [{lo}, {hi}]")
-    if door not in (0, 1) or seq < 0 or ts_ms <= 0:
+    if door not in (0, 1) or seq < 0 or not 0 < ts_ms <= MAX_TS_MS:
         raise FrameError("range", f"door={door} seq={seq} ts={ts_ms}")
     if last_seq is not None and seq == last_seq:
         raise FrameError("duplicate", f"seq {seq} again")

@@ -32,6 +32,7 @@ from qctrace.schema import Flag, Gap
 log = logging.getLogger(__name__)
 
 Fact = LotStarted | LotFinished | Episode | Gap | CommittedFile
+FUTURE_SKEW_NS = 300 * 10**9  # a source clock this far ahead of its receive time is not trusted as "now"
 OnEvents = Callable[[list[Fact]], None]
 
 
@@ -80,7 +81,11 @@ class Ingest:
         if fresh.num_rows == 0:
             return
         flagged, idx, _z = self.detector.flag(fresh)
-        self._now_ns = max(self._now_ns, int(pc.max(fresh.column("ts")).cast(pa.int64()).as_py() or 0))
+        # A device clock far ahead of when the edge received the reading (a logger set to 2200) must
+        # not become "now" for the stale timer, or every other sensor would look silent at once.
+        ts = fresh.column("ts").cast(pa.int64())
+        plausible = pc.less_equal(ts, pc.add(fresh.column("recv_ts").cast(pa.int64()), FUTURE_SKEW_NS))
+        self._now_ns = max(self._now_ns, int(pc.max(pc.filter(ts, plausible)).as_py() or 0))
         flags = flagged.column("flags").to_numpy()
         self.stats.flagged += int(np.count_nonzero(flags))
         facts: list[Fact] = [*self.lots.update(flagged, flags)]
