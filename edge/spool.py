@@ -11,9 +11,9 @@ the highest rid on disk or in ``release.json``, whichever is higher.
 
 Release is by rid, in any order; a segment is deleted once every record in it is released and it
 is no longer being written. ``release.json`` (written atomically, lazily) holds the lowest rid not
-yet released, so a restart skips what was acknowledged before the crash; a record released after
-the last write of that file is sent once more after a restart, and ingest drops its rows as
-duplicates by (source, seq).
+yet released and the few released above it, so a restart skips what was acknowledged before the
+crash; a record released after the last write of that file is sent once more after a restart, and
+ingest drops its rows as duplicates by (source, seq).
 
 On open, a torn last record (a crash mid-append: short, or a bad checksum) is cut off and logged.
 Its payload was never acknowledged to anyone, so cutting it loses nothing that was promised.
@@ -75,6 +75,7 @@ class Spool:
         self.dropped_records = 0
         self.truncated_bytes = 0
         self._released_below = 0
+        self._released_above: set[int] = set()  # released out of order, above the watermark
         self._state_dirty = False
         self._fd: int | None = None
         self.next_rid = 0
@@ -93,7 +94,9 @@ class Spool:
             raise SpoolError(f"cannot create the spool directory {self.dir}: {exc.strerror}") from None
         if self._state_path.exists():
             try:
-                self._released_below = int(json.loads(self._state_path.read_text())["released_below"])
+                state = json.loads(self._state_path.read_text())
+                self._released_below = int(state["released_below"])
+                self._released_above = {int(r) for r in state.get("released_above", ())}
             except (ValueError, KeyError, TypeError) as exc:
                 raise SpoolError(f"{self._state_path}: unreadable spool state ({exc}); move it away to"
                                  " resend everything still spooled") from None
@@ -125,7 +128,7 @@ class Spool:
             if end > len(data) or zlib.crc32(data[off + 8:end]) != crc:
                 break
             seg.records = rid - first + 1
-            if rid >= self._released_below:
+            if rid >= self._released_below and rid not in self._released_above:
                 seg.live[rid] = (off + _REC.size, length)
             off = end
         if off < len(data):
@@ -248,15 +251,16 @@ class Spool:
             for s in self.segments:
                 if s.live.pop(rid, None) is not None:
                     n += 1
+                    self._released_above.add(rid)
                     break
         if n:
             current = self._current()
             for s in [s for s in self.segments if not s.live and s is not current]:
                 self._delete(s)
             low = min((min(s.live) for s in self.segments if s.live), default=self.next_rid)
-            if low != self._released_below:
-                self._released_below = low
-                self._state_dirty = True
+            self._released_below = low
+            self._released_above = {r for r in self._released_above if r > low}
+            self._state_dirty = True
         return n
 
     def _delete(self, seg: _Segment) -> None:
@@ -266,7 +270,8 @@ class Spool:
     def save_state(self) -> None:
         """Persist the release watermark (cheap; called by the forwarder about once a second)."""
         if self._state_dirty:
-            atomic_write(self._state_path, json.dumps({"released_below": self._released_below}).encode())
+            atomic_write(self._state_path, json.dumps({"released_below": self._released_below,
+                                                       "released_above": sorted(self._released_above)}).encode())
             self._state_dirty = False
 
     def close(self) -> None:
