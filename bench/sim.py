@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, StreamTable
 from firmware_sim.replay import replay
 from firmware_sim.scenario import load_scenario
+from qctrace.config import OpcUaClientConfig
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,7 +65,8 @@ async def live(duration_s: float, warmup_s: float) -> dict:
         received[0] += batch.num_rows
 
     readers = [OpcUaReader(url, BatchBuilder(streams, SeqAllocator(None)), count, publishing_interval_ms=500,
-                           queue_size=100, batch_max_rows=10_000, batch_max_age_s=0.5) for url in endpoints]
+                           queue_size=100, batch_max_rows=10_000, batch_max_age_s=0.5,
+                           opts=OpcUaClientConfig(security_policy="None")) for url in endpoints]  # sim, not crypto
     t_sub = time.perf_counter()
     for r in readers:
         await r.__aenter__()

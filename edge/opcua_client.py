@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 
 from asyncua import Client, ua
@@ -31,6 +32,23 @@ from asyncua.ua.uaerrors import (
 )
 
 log = logging.getLogger(__name__)
+
+_PASSWORD = re.compile(r"Password=.*?, EncryptionAlgorithm", re.S)
+
+
+class _RedactPasswords(logging.Filter):
+    """asyncua logs every request at DEBUG, ActivateSession's user token (and its password) included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "Password=" in text:
+            record.msg, record.args = _PASSWORD.sub("Password=<redacted>, EncryptionAlgorithm", text), ()
+        return True
+
+
+for _name in ("asyncua.client.ua_client.UASocketProtocol", "asyncua.client.ua_client.UaClient",
+              "asyncua.client.client", "asyncua.client.ua_session"):
+    logging.getLogger(_name).addFilter(_RedactPasswords())
 
 # asyncua's receive buffer per chunk (its default); message and chunk-count limits are ours.
 _CHUNK_BYTES = 65535

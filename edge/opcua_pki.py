@@ -139,7 +139,7 @@ def pick_endpoint(endpoints: list[ua.EndpointDescription], opts: OpcUaClientConf
     for ep in endpoints:
         if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode:
             return ep
-    offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
+    offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints})
     raise ReaderError(f"{url}: the server offers no {opts.security_policy}/{opts.mode_name} endpoint (it offers"
                       f" {', '.join(offered) or 'none'}); the reader never falls back to a weaker one. Set"
                       " edge.opcua.security_policy/security_mode to one the server offers"

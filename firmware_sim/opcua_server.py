@@ -113,6 +113,7 @@ class LinePlcServer:
         self.max_nodes_per_call = max_nodes_per_call
         self.history = history
         self.read_sizes: list[int] = []
+        self.create_sizes: list[int] = []  # monitored items per CreateMonitoredItems call
         self._server: Server | None = None
         self._tag_nodes: dict[int, ua.NodeId] = {}
         self._lot_nodes: dict[str, ua.NodeId] = {}
@@ -152,6 +153,7 @@ class LinePlcServer:
             srv.set_security_IDs(["Username"])
         await self._advertise_limits(srv)
         srv.subscribe_server_callback(CallbackType.PreRead, self._check_read)
+        self._limit_create_monitored_items(srv)
         await self._build(srv)
         await srv.start()
         if self.history:
@@ -169,6 +171,20 @@ class LinePlcServer:
         self.read_sizes.append(n)
         if self.max_nodes_per_call and n > self.max_nodes_per_call:
             raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)
+
+    def _limit_create_monitored_items(self, srv: Server) -> None:
+        """Refuse a CreateMonitoredItems call above MaxMonitoredItemsPerCall (asyncua has no hook for it)."""
+        service = srv.iserver.subscription_service
+        create = service.create_monitored_items
+
+        async def limited(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
+            n = len(params.ItemsToCreate or ())
+            self.create_sizes.append(n)
+            if self.max_nodes_per_call and n > self.max_nodes_per_call:
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)
+            return await create(params)
+
+        service.create_monitored_items = limited
 
     async def _advertise_limits(self, srv: Server) -> None:
         limits = srv.get_node(ua.ObjectIds.Server_ServerCapabilities_OperationLimits)

@@ -10,8 +10,11 @@ import pytest
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTable
 from firmware_sim.plant import SimulatedPlant
 from firmware_sim.scenario import load_scenario
+from qctrace.config import OpcUaClientConfig
 from qctrace.errors import ReaderError
 from qctrace.schema import READING_SCHEMA
+
+_CLEAR = OpcUaClientConfig(security_policy="None")  # these plants offer no security: said explicitly
 
 
 async def _run(readers, plant, ticks: int) -> None:
@@ -46,7 +49,7 @@ async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot()
     async with SimulatedPlant(sc, seed=3, speed=40) as plant:
         streams = StreamTable()
         reader = OpcUaReader(plant.endpoints["opcua"][0], BatchBuilder(streams, SeqAllocator(None)), publish,
-                             publishing_interval_ms=50, batch_max_age_s=0.1)
+                             publishing_interval_ms=50, batch_max_age_s=0.1, opts=_CLEAR)
         serial = SerialReader(plant.endpoints["serial"]["SHP-0001"], "coldchain", "SHP-0001", "logger-01",
                               BatchBuilder(streams, SeqAllocator(None)), publish, lot="LOT-X", batch_max_age_s=0.1)
         await _run([reader, serial], plant, ticks=60)
@@ -70,7 +73,7 @@ async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot()
 
 async def test_no_server_gives_a_reader_error_naming_the_endpoint():
     reader = OpcUaReader("opc.tcp://127.0.0.1:9/none/", BatchBuilder(StreamTable(), SeqAllocator(None)),
-                         lambda b: None, timeout_s=2)
+                         lambda b: None, timeout_s=2, opts=_CLEAR)
     with pytest.raises(ReaderError, match=r"opc\.tcp://127\.0\.0\.1:9/none/"):
         async with reader:
             pass
@@ -166,7 +169,7 @@ async def test_a_server_restart_becomes_one_gap_record_and_data_resumes():
 
     async with SimulatedPlant(parse_scenario(_RESTART), seed=1, speed=2, processes=False) as plant:
         reader = OpcUaReader(plant.endpoints["opcua"][0], BatchBuilder(StreamTable(), SeqAllocator(None)), publish,
-                             publishing_interval_ms=50, batch_max_age_s=0.1, timeout_s=2)
+                             publishing_interval_ms=50, batch_max_age_s=0.1, timeout_s=2, opts=_CLEAR)
         async with reader:
             stop = asyncio.Event()
             task = asyncio.create_task(reader.run(stop))

@@ -64,7 +64,9 @@ async def test_encrypted_endpoint_with_password(tmp_path):
         client.set_password("s3cret")
         async with client:
             eps = await client.get_endpoints()
-            assert {e.SecurityPolicyUri.rsplit("#", 1)[1] for e in eps} == {"Basic256Sha256"}
+            assert {(e.SecurityPolicyUri.rsplit("#", 1)[1], e.SecurityMode.name) for e in eps} == {
+                (p, m) for p in ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+                for m in ("Sign", "SignAndEncrypt")}  # and no None endpoint: allow_none=False
             assert await client.get_node("ns=2;s=plant1/line1/Lot").read_value() is not None
         anonymous = Client(url, timeout=5)
         with pytest.raises((ua.UaError, OSError, TimeoutError, asyncio.TimeoutError)):

@@ -1,0 +1,95 @@
+"""Shared by the OPC UA reader tests: a reader against a real plant, run for some ticks, and a TCP
+proxy whose link can be cut while the server behind it keeps running (a network outage)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pyarrow as pa
+
+from edge import BatchBuilder, OpcUaReader, SeqAllocator, StreamTable
+from qctrace.schema import Gap
+
+
+class Collected:
+    """What a reader published: batches and gaps."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    async def __call__(self, item) -> None:
+        self.items.append(item)
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return [i for i in self.items if isinstance(i, Gap)]
+
+    def ts(self) -> list[int]:
+        return [t for b in self.items if not isinstance(b, Gap) for t in b.column("ts").cast(pa.int64()).to_pylist()]
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_batches([b for b in self.items if not isinstance(b, Gap)])
+
+
+def reader(url: str, out: Collected, **kw) -> OpcUaReader:
+    kw.setdefault("publishing_interval_ms", 50)
+    kw.setdefault("batch_max_age_s", 0.1)
+    return OpcUaReader(url, BatchBuilder(StreamTable(), SeqAllocator(None)), out, **kw)
+
+
+async def run_for(r: OpcUaReader, plant, ticks: int, settle_s: float = 1.0) -> None:
+    """Open the reader, let the plant run ``ticks`` ticks, give the reader ``settle_s`` to catch up."""
+    async with r:
+        stop = asyncio.Event()
+        task = asyncio.create_task(r.run(stop))
+        await plant.run_ticks(asyncio.Event(), max_ticks=ticks)
+        await asyncio.sleep(settle_s)
+        stop.set()
+        await task
+
+
+class CuttableProxy:
+    """A loopback TCP proxy in front of a server. ``cut()`` drops every connection and stops
+    listening (connects are refused, as when a cable is pulled at a switch); ``restore()`` listens
+    again on the same port."""
+
+    def __init__(self, target_port: int, port: int) -> None:
+        self.target_port = target_port
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/qctrace/"
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        try:
+            sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            cw.transport.abort()
+            return
+        self._writers |= {cw, sw}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.transport.abort()
+
+        await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
+        self._writers -= {cw, sw}
