@@ -239,8 +239,9 @@ class Condition:
     def of_episode(cls, ep) -> Condition:  # ingest.episodes.Episode, duck-typed to keep this module pure
         """An episode's condition; its text gives the rules, duration, reading count and value range."""
         secs = (ep.end_ns - ep.start_ns) / 1e9
-        detail = (f"{flag_names(ep.flags) or 'flagged'} for {secs:.0f} s, {ep.readings} readings,"
-                  f" values {ep.min_value:.4g}..{ep.max_value:.4g}")
+        detail = f"{flag_names(ep.flags) or 'flagged'} for {secs:.0f} s, {ep.readings} readings"
+        if ep.readings:
+            detail += f", values {ep.min_value:.4g}..{ep.max_value:.4g}"
         return cls(ep.sensor, ep.flags, ep.start_ns, ep.end_ns, ep.lot, detail)
 
     @classmethod

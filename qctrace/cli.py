@@ -632,5 +632,58 @@ def retention(config_path: Path | None, data_dir: Path | None, dry_run: bool, da
         click.echo(line)
 
 
+@cli.command()
+@click.argument("lot")
+@click.option("--format", "fmt", type=click.Choice(["html", "pdf"]), default="html", show_default=True,
+              help="Self-contained HTML page, or PDF.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it. Default: DATA_DIR/reports/LOT.html (or .pdf).")
+@_config_option
+@_data_dir_option
+@_errors
+def report(lot: str, fmt: str, out: Path | None, config_path: Path | None, data_dir: Path | None) -> None:
+    """The lot quality report of LOT: control charts, capability (Cp, Cpk, Pp, Ppk with confidence
+    intervals), first-pass yield, anomaly episodes, alarms, and each ledger event's inclusion proof
+    against the latest signed checkpoint."""
+    from qctrace.report import write_report
+
+    click.echo(write_report(_load(config_path, data_dir), lot, fmt, out))
+
+
+@cli.command()
+@click.option("--lot", default=None, help="Only this lot. Default: every sensor over all its readings, and per lot.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+              help="Level of the confidence intervals.")
+@_config_option
+@_data_dir_option
+@_errors
+def capability(lot: str | None, confidence: float, config_path: Path | None, data_dir: Path | None) -> None:
+    """Process capability of every sensor with specification limits, per line, per sensor and per lot,
+    and the first-pass yield of each lot (see ingest/capability.py for the definitions)."""
+    from ingest.capability import capability_rows, first_pass_yield, lot_yields
+    from qctrace.ledger_ops import READINGS_DIR
+
+    cfg = _load(config_path, data_dir)
+    root = cfg.data_dir / READINGS_DIR
+
+    def f(x, spec=".2f"):
+        return "-" if x is None else format(x, spec)
+
+    def ci(c):
+        return "-" if c is None else f"{c.low:.2f}..{c.high:.2f}"
+
+    click.echo(f"{'sensor':<36} {'lot':<20} {'n':>7} {'Cp':>6} {'Cp CI':>11} {'Cpk':>6} {'Cpk CI':>11}"
+               f" {'Pp':>6} {'Ppk':>6}")
+    for r in capability_rows(root, cfg.detect, lot=lot, confidence=confidence):
+        c = r.cap
+        click.echo(f"{r.sensor:<36} {r.lot or '(all)':<20} {c.n:>7} {f(c.cp):>6} {ci(c.cp_ci):>11} {f(c.cpk):>6}"
+                   f" {ci(c.cpk_ci):>11} {f(c.pp):>6} {f(c.ppk):>6}")
+    yields = lot_yields(root, cfg.detect, lot=lot)
+    for line in sorted({y.line for y in yields}):
+        ys = [y for y in yields if y.line == line]
+        click.echo(f"first-pass yield {line}: {first_pass_yield(ys):.3f} ({sum(y.first_pass for y in ys)} of"
+                   f" {len(ys)} lots with no flagged or out-of-specification reading)")
+
+
 def main() -> None:
     cli(prog_name="qctrace")

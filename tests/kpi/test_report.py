@@ -1,0 +1,103 @@
+"""The lot quality report (and the alarms the demo raised) on a real demo run's data directory."""
+
+from __future__ import annotations
+
+import html.parser
+import subprocess
+import sys
+
+import pytest
+
+from ledger import Ledger
+from ledger import events as ev_mod
+from qctrace.alarm_ops import list_alarms
+from qctrace.config import load_config
+from qctrace.report import build_report, render_html
+
+pytestmark = pytest.mark.e2e
+
+
+def qctrace(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qctrace", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    data = tmp_path_factory.mktemp("demo")
+    res = qctrace("demo", "--duration", "15", "--no-dashboard", "--speed", "20", "--data-dir", str(data))
+    assert "ledger:" in res.stdout, res.stderr[-3000:]
+    return data
+
+
+def _first_lot(data):
+    with Ledger(data / "ledger.sqlite", readonly=True) as led:
+        lots = [ev_mod.lots_in(e.as_dict())[0] for e in led.events(kind=ev_mod.LOT_PRODUCED)]
+    return lots[0]
+
+
+def test_the_demo_raises_fewer_alarms_than_episodes_and_records_them(demo):
+    with Ledger(demo / "ledger.sqlite", readonly=True) as led:
+        episodes = sum(1 for _ in led.events(kind=ev_mod.ANOMALY_EPISODE))
+        raised = [e.as_dict() for e in led.events(kind=ev_mod.ALARM_RAISED)]
+        cleared = sum(1 for _ in led.events(kind=ev_mod.ALARM_CLEARED))
+    assert 0 < len(raised) <= episodes
+    assert cleared == len(raised)  # every episode ended by shutdown, so every alarm returned to normal
+    views = list_alarms(load_config().with_overrides(data_dir=demo))
+    assert {v.state for v in views} == {"UNACK_RTN"}
+    assert any(v.rule == "excursion" and v.priority == "critical" for v in views)  # the truck's door-open excursion
+
+
+class _Parser(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.external = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for k, v in attrs:
+            if k in ("src", "href") and v and not v.startswith("data:"):
+                self.external.append(v)
+
+
+def test_html_report_is_self_contained_and_shows_every_section(demo, tmp_path):
+    lot = _first_lot(demo)
+    out = tmp_path / "r.html"
+    res = qctrace("report", lot, "--out", str(out), "--data-dir", str(demo))
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    p = _Parser()
+    p.feed(text)
+    assert p.external == [] and p.tags.count("img") >= 4  # one control chart per sensor of the lot, inlined
+    for section in ("Process capability", "First-pass yield", "Anomaly episodes", "Alarms", "Ledger events of the lot",
+                    "included, proof verified", "events included in the signed checkpoint"):
+        assert section in text
+    assert "filler_weight" in text and "Cpk" in text
+
+
+def test_pdf_report(demo, tmp_path):
+    out = tmp_path / "r.pdf"
+    res = qctrace("report", _first_lot(demo), "--format", "pdf", "--out", str(out), "--data-dir", str(demo))
+    assert res.returncode == 0, res.stderr
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF") and len(data) > 20_000
+
+
+def test_report_escapes_what_it_shows(demo):
+    rep = build_report(load_config().with_overrides(data_dir=demo), _first_lot(demo))
+    rep.lot = "<script>alert(1)</script>"
+    rep.notes.append("a & b <b>")
+    text = render_html(rep)
+    assert "<script>" not in text and "&lt;script&gt;" in text and "a &amp; b &lt;b&gt;" in text
+
+
+def test_unknown_lot_is_a_clear_error(demo, tmp_path):
+    res = qctrace("report", "NO-SUCH-LOT", "--out", str(tmp_path / "x.html"), "--data-dir", str(demo))
+    assert res.returncode == 1 and "lot 'NO-SUCH-LOT': no readings and no ledger events" in res.stderr
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_capability_command_prints_cp_cpk_and_yield(demo):
+    res = qctrace("capability", "--data-dir", str(demo))
+    assert res.returncode == 0, res.stderr
+    assert "plant1/line1/plc1/filler_weight" in res.stdout and "first-pass yield plant1/line1" in res.stdout
