@@ -9,6 +9,7 @@ recorded at their scheduled (simulated) time once the pipeline's data has reache
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,10 @@ from ingest.episodes import Episode
 from ingest.lots import LotFinished, LotStarted
 from ingest.sink import CommittedFile
 from ledger import events
+from qctrace.errors import InvalidEvent
 from qctrace.schema import Gap
+
+log = logging.getLogger(__name__)
 
 _SENSOR_TYPES = {"temperature": ("gs1:Temperature", "CEL"), "humidity": ("gs1:RelativeHumidity", "A93")}
 
@@ -34,6 +38,7 @@ class Provenance:
     _received: set[str] = field(default_factory=set)
     _stages_done: dict[str, int] = field(default_factory=dict)
     _now_ns: int = 0
+    refused: int = 0  # facts whose event the ledger refused (see events_for)
 
     @classmethod
     def of(cls, scenario: Scenario) -> Provenance:
@@ -57,34 +62,50 @@ class Provenance:
     def events_for(self, facts: Sequence[Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for f in facts:
-            if isinstance(f, LotStarted):
-                self._now_ns = max(self._now_ns, f.at_ns)
-                if f.site == COLDCHAIN_SITE and f.line in self.shipments:
-                    out += self._shipment_started(self.shipments[f.line], f.at_ns)
-                else:
-                    out += self._lot_started(f)
-            elif isinstance(f, LotFinished):
-                self._now_ns = max(self._now_ns, f.at_ns)
-                out.append(events.qc_result(f.lot, self.gtin_of(f.lot), f.site, f.line, f.at_ns, f.readings,
-                                            f.flagged))
-            elif isinstance(f, Episode):
-                self._now_ns = max(self._now_ns, f.end_ns)
-                channel = f.sensor.rsplit("/", 1)[-1]
-                stype, unit = _SENSOR_TYPES.get(channel, (None, None)) if f.sensor.startswith(COLDCHAIN_SITE) \
-                    else (None, None)
-                out.append(events.anomaly_episode(f.lot, self.gtin_of(f.lot) if f.lot else None, f.sensor,
-                                                  f.start_ns, f.end_ns, f.flags, f.rules, f.min_value,
-                                                  f.max_value, f.readings, unit=unit, sensor_type=stype))
-            elif isinstance(f, Gap):
-                out.append(events.data_gap(f.source, f.start_ns, f.end_ns, f.reason))
-            elif isinstance(f, Transition):
-                from qctrace.alarm_ops import alarm_events
-
-                out += alarm_events([f], self.gtin_of)
-            elif isinstance(f, CommittedFile):
-                out.append(events.data_committed(f.path, f.sha256, f.rows, max(self._now_ns, self.start_ns),
-                                                 replaces=f.replaces))
+            try:
+                out += self._events_of(f)
+            except InvalidEvent as exc:
+                # A fact the ledger cannot express (a lot ID from a device that is no GS1 lot number):
+                # its readings are in Parquet verbatim; only this event is refused, loudly, and the
+                # other facts of the batch are still recorded.
+                self.refused += 1
+                log.error("provenance.refused fact=%s error=%s", type(f).__name__, exc)
         out += self.custody_until(self._now_ns)
+        return out
+
+    def _events_of(self, f: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if isinstance(f, LotStarted):
+            self._now_ns = max(self._now_ns, f.at_ns)
+            if f.site == COLDCHAIN_SITE and f.line in self.shipments:
+                out += self._shipment_started(self.shipments[f.line], f.at_ns)
+            else:
+                out += self._lot_started(f)
+        elif isinstance(f, LotFinished):
+            self._now_ns = max(self._now_ns, f.at_ns)
+            out.append(events.qc_result(f.lot, self.gtin_of(f.lot), f.site, f.line, f.at_ns, f.readings,
+                                        f.flagged))
+        elif isinstance(f, Episode):
+            self._now_ns = max(self._now_ns, f.end_ns)
+            channel = f.sensor.rsplit("/", 1)[-1]
+            stype, unit = _SENSOR_TYPES.get(channel, (None, None)) if f.sensor.startswith(COLDCHAIN_SITE) \
+                else (None, None)
+            args = (f.sensor, f.start_ns, f.end_ns, f.flags, f.rules, f.min_value, f.max_value, f.readings)
+            try:
+                out.append(events.anomaly_episode(f.lot, self.gtin_of(f.lot) if f.lot else None, *args, unit=unit,
+                                                  sensor_type=stype))
+            except InvalidEvent as exc:  # the anomaly is recorded even when its lot ID is no GS1 lot number
+                log.error("provenance.episode_without_lot sensor=%s error=%s", f.sensor, exc)
+                out.append(events.anomaly_episode(None, None, *args, unit=unit, sensor_type=stype))
+        elif isinstance(f, Gap):
+            out.append(events.data_gap(f.source, f.start_ns, f.end_ns, f.reason))
+        elif isinstance(f, Transition):
+            from qctrace.alarm_ops import alarm_events
+
+            out += alarm_events([f], self.gtin_of)
+        elif isinstance(f, CommittedFile):
+            out.append(events.data_committed(f.path, f.sha256, f.rows, max(self._now_ns, self.start_ns),
+                                             replaces=f.replaces))
         return out
 
     def _lot_started(self, f: LotStarted) -> list[dict[str, Any]]:
