@@ -538,7 +538,7 @@ _comment_option = click.option("--comment", default="", help="Why (recorded in t
 @_data_dir_option
 @_errors
 def alarms_ack(alarm_id: str, user: str, comment: str, config_path: Path | None, data_dir: Path | None) -> None:
-    """Acknowledge alarm ALARM_ID (acknowledging again changes nothing)."""
+    """Acknowledge alarm ALARM_ID, recorded in the ledger with --by (acknowledging again changes nothing)."""
     from qctrace.alarm_ops import acknowledge
 
     click.echo(_alarm_line(acknowledge(_load(config_path, data_dir), alarm_id, user, comment)))
@@ -570,7 +570,7 @@ def alarms_shelve(alarm_id: str, for_: str, user: str, comment: str, config_path
 @_data_dir_option
 @_errors
 def alarms_unshelve(alarm_id: str, user: str, config_path: Path | None, data_dir: Path | None) -> None:
-    """Unshelve alarm ALARM_ID before its shelving ends."""
+    """Unshelve alarm ALARM_ID before its shelving ends, recorded in the ledger with --by."""
     from qctrace.alarm_ops import unshelve
 
     click.echo(_alarm_line(unshelve(_load(config_path, data_dir), alarm_id, user)))

@@ -135,3 +135,24 @@ def test_unknown_rule_in_configuration_is_refused():
 
     with pytest.raises(ValidationError, match="nosuch"):
         AlarmsConfig(priorities={"nosuch": "high"})
+
+
+conds = st.lists(st.tuples(st.sampled_from(["s/l1/a/x", "s/l1/a/y", "s/l2/a/x", "c/t1/l/temperature"]),
+                           st.sampled_from([Flag.SPEC_HIGH, Flag.EWMA_Z, Flag.SPIKE, Flag.BAND_LOW, Flag.STUCK]),
+                           st.integers(0, 3000), st.integers(0, 300)), max_size=40)
+
+
+@given(conds)
+def test_engine_raises_at_most_one_alarm_per_condition_and_clears_every_one(cs):
+    eng = AlarmEngine(AlarmsConfig())
+    out = eng.observe(_ep(sensor, start, start + dur, flags) for sensor, flags, start, dur in cs)
+    out += eng.flush()
+    raised = [t for t in out if t.action is Action.RAISE]
+    cleared = [t for t in out if t.action is Action.CLEAR]
+    assert len(raised) <= len(cs)
+    assert sorted(t.alarm.id for t in raised) == sorted(t.alarm.id for t in cleared)  # one clear each, none lost
+    assert len({t.alarm.id for t in raised}) == len(raised)
+    st_ = eng.stats
+    assert st_.raised + st_.chatter_merged + st_.grouped + st_.on_delay + st_.disabled == len(cs)
+    for t in cleared:
+        assert t.alarm.state(t.at_ns) is State.UNACK_RTN and t.at_ns >= t.alarm.raised_ns
