@@ -1,0 +1,208 @@
+"""MQTT between edge and ingest processes (paho-mqtt, MQTT 5, QoS 1, persistent sessions).
+
+Topic tree (a Unified Namespace under ``prefix``, ``qctrace/v1`` by default)::
+
+    {prefix}/{site}/{line}/{node}/readings   payloads (qctrace.wire), edge → ingest
+    {prefix}/_edge/{node}/state              retained birth/death: "online", or the will "offline"
+    {prefix}/_ingest/{worker}/state          the same for ingest workers
+    {prefix}/_ack/{node}                     ingest's commit acknowledgements (JSON list of rids)
+
+Ingest workers subscribe through ``$share/{group}/{prefix}/+/+/+/readings`` so several of them
+split the load. paho runs its network loop in a thread; everything it delivers is handed to the
+asyncio loop with ``call_soon_threadsafe``. Ingest acknowledges a message to the broker (manual
+ack) only when it takes it off its queue, so with MQTT 5's Receive Maximum the broker never has
+more than that many messages in flight to a slow worker: the rest waits in the broker's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.forward import Link
+from qctrace.config import MqttConfig
+from qctrace.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+
+def readings_topic(cfg: MqttConfig, site_line: str, node: str) -> str:
+    return f"{cfg.prefix}/{site_line}/{node}/readings"
+
+
+def _client(cfg: MqttConfig, client_id: str, state_topic: str, *, manual_ack: bool = False) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    if cfg.username:
+        c.username_pw_set(cfg.username, os.environ.get(cfg.password_env))
+    c.will_set(state_topic, json.dumps({"state": "offline", "reason": "connection lost"}), qos=1, retain=True)
+    c.reconnect_delay_set(min_delay=1, max_delay=30)
+    c.max_inflight_messages_set(64)
+    c.max_queued_messages_set(0)
+    return c
+
+
+def _connect_props(cfg: MqttConfig) -> Properties:
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = cfg.session_expiry_s
+    p.ReceiveMaximum = cfg.receive_maximum
+    return p
+
+
+class _Connection:
+    """A paho client on its own thread, connected asynchronously, reporting to the asyncio loop."""
+
+    def __init__(self, cfg: MqttConfig, client_id: str, state_topic: str, subscriptions: list[str],
+                 on_message: Callable[[mqtt.MQTTMessage], None], *, manual_ack: bool = False) -> None:
+        self.cfg = cfg
+        self.state_topic = state_topic
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.loop = asyncio.get_running_loop()
+        self.connected = asyncio.Event()
+        self.refused: str | None = None
+        self.connects = 0
+        self.client = _client(cfg, client_id, state_topic, manual_ack=manual_ack)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            log.error("mqtt.refused broker=%s:%d reason=%s", self.cfg.host, self.cfg.port, reason)
+            return
+        self.connects += 1
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        client.publish(self.state_topic, json.dumps({"state": "online", "since": time.time()}), qos=1, retain=True)
+        log.info("mqtt.connected broker=%s:%d session_present=%s", self.cfg.host, self.cfg.port,
+                 flags.session_present)
+        self.loop.call_soon_threadsafe(self.connected.set)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        log.warning("mqtt.disconnected broker=%s:%d reason=%s", self.cfg.host, self.cfg.port, reason)
+        self.loop.call_soon_threadsafe(self.connected.clear)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.on_message(msg)
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        try:
+            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
+                                      properties=_connect_props(self.cfg))
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: cannot connect: {exc}") from None
+        self.client.loop_start()
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout_s)
+        except TimeoutError:
+            self.client.loop_stop()
+            why = f"the broker refused: {self.refused}" if self.refused else "no broker answered"
+            raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: {why} within {timeout_s:g} s"
+                                 " (is Mosquitto running? `qctrace` starts one only for local runs)") from None
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=1, retain=retain)
+
+    async def close(self) -> None:
+        if self.connected.is_set():
+            info = self.publish(self.state_topic, json.dumps({"state": "offline", "reason": "stopped"}), retain=True)
+            await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 5.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class MqttLink(Link):
+    """The edge side: publishes spooled payloads, receives commit acknowledgements."""
+
+    def __init__(self, cfg: MqttConfig, node: str) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.acks_received = 0
+        self._conn: _Connection | None = None
+
+    async def start(self) -> MqttLink:
+        self._conn = _Connection(self.cfg, f"qctrace-edge-{self.node}", f"{self.cfg.prefix}/_edge/{self.node}/state",
+                                 [f"{self.cfg.prefix}/_ack/{self.node}"], self._on_message)
+        await self._conn.start()
+        return self
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            rids = [int(r) for r in json.loads(msg.payload)]
+        except (ValueError, TypeError):
+            log.error("mqtt.bad_ack topic=%s bytes=%d", msg.topic, len(msg.payload))
+            return
+        self.acks_received += 1
+        if self.on_ack is not None:
+            self._conn.loop.call_soon_threadsafe(self.on_ack, rids)
+
+    @property
+    def up(self) -> bool:
+        return self._conn is not None and self._conn.connected.is_set()
+
+    async def send(self, payload: bytes, topic_hint: str) -> None:
+        info = self._conn.publish(readings_topic(self.cfg, topic_hint, self.node), payload)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:  # not connected right now: the forwarder resends it later
+            log.info("mqtt.publish_deferred rc=%s", info.rc)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+class MqttSource:
+    """The ingest side: payloads from the shared subscription; acknowledgements back to each edge."""
+
+    def __init__(self, cfg: MqttConfig, worker: str, max_queue: int = 256) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.max_queue = max_queue
+        self.messages = 0
+        self._queue: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        self._conn: _Connection | None = None
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.cfg.group}/{self.cfg.prefix}/+/+/+/readings"
+
+    async def start(self) -> MqttSource:
+        self._conn = _Connection(self.cfg, f"qctrace-ingest-{self.worker}",
+                                 f"{self.cfg.prefix}/_ingest/{self.worker}/state", [self.subscription],
+                                 self._on_message, manual_ack=True)
+        await self._conn.start()
+        return self
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        self._conn.loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+
+    def ack(self, node: str, rids: list[int]) -> None:
+        """Ingest committed these records: tell their edge node so its spool can let them go."""
+        self._conn.publish(f"{self.cfg.prefix}/_ack/{node}", json.dumps(rids))
+
+    async def receive(self) -> AsyncIterator[bytes]:
+        while True:
+            msg = await self._queue.get()
+            if msg is None:
+                return
+            self.messages += 1
+            # Acknowledged to the broker once taken: the broker's Receive Maximum then bounds how
+            # many it pushes to a worker that is behind. The edge's spool still holds the payload
+            # until the commit acknowledgement, so a crash here loses nothing.
+            self._conn.client.ack(msg.mid, msg.qos)
+            yield msg.payload
+
+    async def close(self) -> None:
+        await self._queue.put(None)
+        if self._conn is not None:
+            await self._conn.close()

@@ -1,0 +1,207 @@
+"""Edge → Mosquitto → ingest with commit acknowledgements, against a real broker this test starts.
+
+Every test counts at the far end: the Parquet dataset holds each (source, seq) exactly once, and
+the edge's spool is empty only because ingest acknowledged the commits over MQTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.forward import Forwarder
+from edge.mqtt import MqttLink, MqttSource
+from edge.spool import Spool
+from ingest import Ingest, read_dataset
+from ingest.receiver import Receiver
+from qctrace import wire
+from qctrace.broker import LocalBroker
+from qctrace.config import MqttConfig, load_config
+from qctrace.schema import batch_from_columns
+
+T0 = 1_793_599_200 * 10**9
+N_PER = 100
+
+
+def batch(i: int, device: str = "plc1"):
+    seqs = range(i * N_PER, (i + 1) * N_PER)
+    n = len(seqs)
+    return batch_from_columns({
+        "ts": [T0 + s * 10**8 for s in seqs], "recv_ts": [T0] * n, "site": ["plant1"] * n, "line": ["line1"] * n,
+        "device": [device] * n, "sensor": ["weight"] * n, "value": [500.0] * n, "quality": [0] * n,
+        "seq": list(seqs), "lot": ["L-1"] * n,
+    })
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with LocalBroker(tmp_path / "broker") as b:
+        yield b
+
+
+class Plant:
+    """One edge node and one ingest worker, both on the loop of the test."""
+
+    def __init__(self, tmp_path, port: int, *, resend_after_s: float = 2.0, window: int = 64,
+                 receive_maximum: int = 64, node: str = "e1") -> None:
+        self.cfg = MqttConfig(port=port, receive_maximum=receive_maximum, keepalive_s=5)
+        self.tmp = tmp_path
+        self.node = node
+        self.window = window
+        self.resend_after_s = resend_after_s
+        self.ingest_delay_s = 0.0
+
+    async def __aenter__(self) -> Plant:
+        conf = load_config(None)
+        self.ingest = Ingest(self.tmp / "data", conf.detect, conf.sink.model_copy(update={"flush_age_s": 0.2}),
+                             lambda facts: None)
+        self.source = await MqttSource(self.cfg, "w1").start()
+        self.receiver = Receiver(self.ingest, self.source.ack, self.tmp / "data" / "quarantine")
+        self.spool = Spool(self.tmp / "spool", fsync=False)
+        self.link = await MqttLink(self.cfg, self.node).start()
+        self.fwd = Forwarder(self.node, self.spool, self.link, window=self.window, resend_after_s=self.resend_after_s)
+        self.stop = asyncio.Event()
+        self.fwd_task = asyncio.create_task(self.fwd.run(self.stop))
+        self.ingest_task = asyncio.create_task(self.ingest.run(self._slow(self.receiver.items(self.source.receive()))))
+        return self
+
+    async def _slow(self, items):
+        async for item in items:
+            if self.ingest_delay_s:
+                await asyncio.sleep(self.ingest_delay_s)
+            yield item
+
+    async def settle(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (self.spool.depth or self.fwd.inflight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert self.spool.depth == 0, f"{self.spool.depth} records never acknowledged"
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await self.fwd_task
+        await self.link.close()
+        await self.source.close()
+        await self.ingest_task
+        self.spool.close()
+
+    def seqs(self) -> list[int]:
+        return sorted(read_dataset(self.tmp / "data" / "readings").column("seq").to_pylist())
+
+
+async def test_batches_flow_through_the_broker_and_acks_empty_the_spool(tmp_path, broker):
+    async with Plant(tmp_path, broker.port) as p:
+        for i in range(30):
+            await p.fwd.publish(batch(i))
+        await p.settle()
+        assert p.link.acks_received > 0 and p.fwd.stats.acked == 30
+    assert p.seqs() == list(range(30 * N_PER))
+
+
+async def test_broker_killed_and_restarted_while_publishing_loses_and_doubles_nothing(tmp_path, broker):
+    async with Plant(tmp_path, broker.port, resend_after_s=1.0) as p:
+        for i in range(20):
+            await p.fwd.publish(batch(i))
+        await asyncio.sleep(0.2)
+        broker.stop(hard=True)  # a crash: whatever Mosquitto had not saved is gone
+        for i in range(20, 40):
+            await p.fwd.publish(batch(i))  # the readers go on: the spool takes it
+        await asyncio.sleep(0.5)
+        broker.start()
+        await p.settle(timeout_s=60)
+        dupes = p.ingest.stats.duplicates
+    seqs = p.seqs()
+    assert seqs == list(range(40 * N_PER)), "every reading once, none missing"
+    assert len(seqs) == len(set(seqs))
+    assert dupes >= 0  # resends may or may not have raced the outage; either way none was written twice
+
+
+async def test_a_slow_worker_behind_a_tiny_broker_queue_loses_nothing(tmp_path):
+    """Mosquitto drops QoS 1 messages for a slow subscriber once its queue is full (here 5
+    messages; the default is 1000). The spool keeps each payload until ingest's commit
+    acknowledgement and sends it again, so the dataset is still complete."""
+    with LocalBroker(tmp_path / "broker", extra="max_queued_messages 5\n") as b:
+        async with Plant(tmp_path, b.port, resend_after_s=1.5, window=200, receive_maximum=2) as p:
+            p.ingest_delay_s = 0.01
+            for i in range(150):
+                await p.fwd.publish(batch(i))
+            await p.settle(timeout_s=90)
+            resent = p.fwd.stats.resent
+    assert p.seqs() == list(range(150 * N_PER))
+    assert resent > 0, "the broker should have dropped something for the resend to recover"
+
+
+async def test_malformed_payloads_are_quarantined_and_the_rest_flows(tmp_path, broker):
+    async with Plant(tmp_path, broker.port) as p:
+        raw = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        raw.connect("127.0.0.1", broker.port)
+        raw.loop_start()
+        good = wire.encode("e1", 999, batch(0))
+        for bad in (b"GET / HTTP/1.1 not a payload at all", good[:4] + bytes([2]) + good[5:], good[:80]):
+            raw.publish("qctrace/v1/plant1/line1/e1/readings", bad, qos=1).wait_for_publish(5)
+        raw.loop_stop()
+        raw.disconnect()
+        for i in range(3):
+            await p.fwd.publish(batch(i))
+        await p.settle()
+        deadline = time.monotonic() + 10
+        while p.receiver.quarantined < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert p.receiver.quarantined == 3
+    reasons = sorted(f.read_text() for f in (tmp_path / "data" / "quarantine").glob("*.txt"))
+    assert any("not a qctrace payload" in r for r in reasons)
+    assert any("version 2 is not supported" in r for r in reasons)
+    assert len(list((tmp_path / "data" / "quarantine").glob("*.bin"))) == 3  # the bytes are kept
+    assert p.seqs() == list(range(3 * N_PER))
+
+
+_EDGE = """
+import asyncio, sys
+from edge.mqtt import MqttLink
+from qctrace.config import MqttConfig
+async def main():
+    await MqttLink(MqttConfig(port=int(sys.argv[1])), "dying").start()
+    print("up", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+def _retained(port: int, topic: str) -> dict:
+    got: list[bytes] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_message = lambda cl, u, m: got.append(m.payload)
+    c.connect("127.0.0.1", port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.loop_stop()
+    c.disconnect()
+    assert got, f"nothing retained on {topic}"
+    return json.loads(got[-1])
+
+
+def test_birth_and_death_state_of_an_edge_node(broker):
+    proc = subprocess.Popen([sys.executable, "-c", _EDGE, str(broker.port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        assert _retained(broker.port, "qctrace/v1/_edge/dying/state")["state"] == "online"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _retained(broker.port, "qctrace/v1/_edge/dying/state")["state"] != "offline":
+            assert time.monotonic() < deadline, "the last will never came"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
