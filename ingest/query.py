@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from ingest.commit_record import read_snapshot, state_dir_of
+from qctrace.errors import DataFileChanged
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,12 @@ def query(root: Path, sql: str, params: dict[str, Any] | None = None, lot: str |
             rel = con.sql(sql.replace("{SOURCE}", SOURCE), params={"files": files, **(params or {})})
             # DuckDB 2 names it to_arrow_table; 1.x has arrow(). Accept both.
             return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            damaged = next((f for f in files if f in str(exc) and Path(f).exists()), None)
+            if damaged is not None:  # still there, yet unreadable: damage, not a retired file
+                raise DataFileChanged(
+                    f"{damaged}: committed Parquet file is damaged ({str(exc).splitlines()[0]}); its readings"
+                    " cannot be read. `qctrace verify` lists every damaged file; restore it from a backup.") from None
             # A file of this snapshot was deleted after its grace period: take a fresh snapshot.
             log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
         finally:

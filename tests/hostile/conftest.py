@@ -51,3 +51,9 @@ class Plant:
 @pytest.fixture
 def plant(tmp_path) -> Plant:
     return Plant(tmp_path / "data")
+
+
+@pytest.fixture
+def make_plant():
+    """``make_plant(data_dir)``: another Plant on a data directory (a restarted ingest, say)."""
+    return Plant
