@@ -23,9 +23,11 @@ from prometheus_client import Counter
 
 from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
-from edge.batcher import BatchBuilder, fixed_lot
+from edge.batcher import BatchBuilder, StreamTable, fixed_lot
 from edge.frames import FrameDecoder
 from edge.outage import Outage, ThrottledWarning
+from edge.sequence import SeqAllocator
+from qctrace.config import SerialConfig
 from qctrace.errors import ReaderError
 from qctrace.schema import Quality
 
@@ -203,3 +205,25 @@ class SerialReader(Reader):
         if self.decoder.rejected or self.decoder.garbage_bytes:
             log.info("serial.close port=%s frames=%d rejected=%s garbage_bytes=%d", self.port, self.frames,
                      dict(self.decoder.rejected), self.decoder.garbage_bytes)
+
+
+def serial_readers(cfg: SerialConfig, streams: StreamTable, seqs: SeqAllocator, publish: Publish, *,
+                   batch_max_rows: int = 1000, batch_max_age_s: float = 0.25) -> list[Reader]:
+    """One reader per configured port (``[[edge.serial.devices]]``): framed loggers and Modbus RTU lines."""
+    from edge.modbus import ModbusReader
+
+    retry = {"reopen_initial_s": cfg.reopen_initial_s, "reopen_cap_s": cfg.reopen_cap_s,
+             "warn_interval_s": cfg.warn_interval_s, "batch_max_rows": batch_max_rows,
+             "batch_max_age_s": batch_max_age_s}
+    out: list[Reader] = []
+    for d in cfg.devices:
+        builder = BatchBuilder(streams, seqs)
+        if d.protocol == "modbus":
+            out.append(ModbusReader(d.port, d.site, d.line, d.units, builder, publish, baudrate=d.baudrate,
+                                    poll_interval_s=d.poll_interval_s, timeout_s=d.timeout_s,
+                                    max_registers_per_read=d.max_registers_per_read,
+                                    unit_down_after=d.unit_down_after, **retry))
+        else:
+            out.append(SerialReader(d.port, d.site, d.line, d.device or "", builder, publish, lot=d.lot,
+                                    baudrate=d.baudrate, **retry))
+    return out
