@@ -4,9 +4,10 @@ from edge.base import Reader, ReaderState
 from edge.batcher import BatchBuilder, LotTimeline, StreamTable, fixed_lot
 from edge.forward import Forwarder, Link
 from edge.frames import Frame, FrameDecoder, parse_frame
+from edge.modbus import ModbusReader
 from edge.opcua import OpcUaReader
 from edge.sequence import SeqAllocator
-from edge.serial import SerialReader
+from edge.serial import SerialReader, serial_readers
 from edge.spool import Spool
 from edge.transport import InProcessLink
 
@@ -18,6 +19,7 @@ __all__ = [
     "InProcessLink",
     "Link",
     "LotTimeline",
+    "ModbusReader",
     "OpcUaReader",
     "Reader",
     "ReaderState",
@@ -27,4 +29,5 @@ __all__ = [
     "StreamTable",
     "fixed_lot",
     "parse_frame",
+    "serial_readers",
 ]
