@@ -55,6 +55,9 @@ def cli(verbose: int) -> None:
     # asyncua logs every failed request of a reconnect as an ERROR with a traceback; qctrace logs
     # the outage itself (opcua.lost / opcua.resumed) and records it as a gap.
     logging.getLogger("asyncua").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
+    # pymodbus logs each unanswered request as an ERROR with a hex dump; edge.modbus counts them and
+    # logs one throttled summary (modbus.failed), so a noisy RS-485 line cannot flood the log.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
 
 
 @cli.command()
