@@ -109,7 +109,7 @@ def run_scenario(name: str, seed: int, ticks: int, batch_rows: int, workdir: Pat
         for e in eps:
             episode_times.setdefault(_line(e.sensor), []).append(e.start_ns)
         t1 = time.perf_counter()
-        take(engine.observe(Condition.of_episode(e) for e in eps))
+        take(engine.observe([*map(Condition.of_episode, eps), *map(Condition.of_opening, tracker.opened)]))
         t_alarm += time.perf_counter() - t1
     last = tracker.close_all(det.keys)
     for e in last:

@@ -245,6 +245,11 @@ class Condition:
         return cls(ep.sensor, ep.flags, ep.start_ns, ep.end_ns, ep.lot, detail)
 
     @classmethod
+    def of_opening(cls, op) -> Condition:  # ingest.episodes.EpisodeOpened
+        """An episode still open: active from its start, its end to come with the closed episode."""
+        return cls(op.sensor, op.flags, op.start_ns, None, op.lot, f"{flag_names(op.flags) or 'flagged'}, active")
+
+    @classmethod
     def of_gap(cls, gap) -> Condition:  # qctrace.schema.Gap
         secs = (gap.end_ns - gap.start_ns) / 1e9
         return cls(gap.source, int(Flag.GAP), gap.start_ns, gap.end_ns, None,
@@ -287,49 +292,79 @@ class EngineStats:
     grouped: int = 0  # conditions joined to another alarm of their line
     on_delay: int = 0  # conditions too short to alarm
     disabled: int = 0  # conditions of sensors whose alarms are disabled
+    escalated: int = 0  # ended episodes whose rules deserved a higher priority than their opening
 
 
 @dataclass
 class _Open:
     alarm: Alarm
-    end_ns: int | None  # the condition's latest end; None while active
+    ends: dict[tuple[str, int], int | None]  # (sensor, start) of each condition in it -> its end (None: active)
     keys: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def end_ns(self) -> int | None:
+        """When the last of its conditions ended; None while any is active."""
+        ends = list(self.ends.values())
+        return None if any(e is None for e in ends) else max(ends)  # type: ignore[type-var]
 
 
 class AlarmEngine:
-    """Conditions in, alarm transitions out (raise and clear; operators' actions go through ``apply``)."""
+    """Conditions in, alarm transitions out (raise and clear; operators' actions go through ``apply``).
+
+    A condition may arrive twice: when its episode opens (``end_ns`` None: the alarm is raised
+    then) and when it ends (same sensor and start: the alarm's clear becomes due). If the ended
+    episode's rules deserve a higher priority than its opening did, a second alarm at that priority
+    is raised (escalation) rather than the first one changing its priority silently.
+    """
 
     def __init__(self, cfg: AlarmsConfig) -> None:
         self.cfg = cfg
         self.stats = EngineStats()
         self._open: dict[str, _Open] = {}  # alarm id -> alarm whose clear is not recorded yet
+        self._owner: dict[tuple[str, int], str] = {}  # active condition (sensor, start) -> its alarm's id
         self._off = round(cfg.off_delay_s * 1e9)
         self._window = round(cfg.group_window_s * 1e9)
 
     def observe(self, conds: Iterable[Condition]) -> list[Transition]:
         """Transitions the conditions cause, in time order, including clears their times confirm."""
         out: list[Transition] = []
-        for c in sorted(conds, key=lambda c: c.start_ns):
+        for c in sorted(conds, key=lambda c: (c.start_ns, c.end_ns is not None)):
             out += self.advance(c.start_ns)
             out += self._one(c)
         return out
 
-    def _one(self, c: Condition) -> list[Transition]:
-        self.stats.conditions += 1
+    def _rank_rule(self, c: Condition) -> tuple[str, str] | None:
         candidates = [c.rule] if c.rule else rules_of(c.flags) or ["quality"]
         ranked = [(p, r) for r in candidates if (p := priority_for(self.cfg, c.sensor, r)) is not None]
-        if not ranked:
+        return min(ranked, key=lambda pr: _rank(pr[0])) if ranked else None  # most severe; ties keep rule order
+
+    def _one(self, c: Condition) -> list[Transition]:
+        ek = (c.sensor, c.start_ns)
+        ranked = self._rank_rule(c)
+        if ek in self._owner:  # the end (or a repeat) of a condition already alarmed while active
+            if c.end_ns is None:
+                return []
+            o = self._open.get(self._owner.pop(ek))
+            if o is not None:
+                o.ends[ek] = c.end_ns
+            if o is None or ranked is None or _rank(ranked[0]) >= _rank(o.alarm.priority):
+                return []
+            self.stats.escalated += 1  # and on below: the more severe rule raises its own alarm
+        self.stats.conditions += 1
+        if ranked is None:
             self.stats.disabled += 1
             return []
-        prio, rule = min(ranked, key=lambda pr: _rank(pr[0]))  # most severe first; ties keep the rule order
+        prio, rule = ranked
         if c.end_ns is not None and (c.end_ns - c.start_ns) < self.cfg.on_delay_s.get(rule, 0.0) * 1e9:
             self.stats.on_delay += 1
             return []
         key = (c.sensor, rule)
         for o in self._open.values():  # chattering: the same sensor and rule, back within the off-delay
-            if key in o.keys and (o.end_ns is None or c.start_ns - o.end_ns <= self._off):
+            end = o.end_ns
+            if key in o.keys and (end is None or c.start_ns - end <= self._off):
                 self.stats.chatter_merged += 1
-                self._extend(o, c, count=True)
+                o.alarm = replace(o.alarm, episodes=o.alarm.episodes + 1)
+                self._attach(o, ek, c.end_ns)
                 return []
         line = "/".join(c.sensor.split("/")[:2])
         for o in self._open.values():  # grouping: one alarm for related trouble on one line
@@ -339,24 +374,25 @@ class AlarmEngine:
                 self.stats.grouped += 1
                 o.alarm = replace(a, members=(*a.members, f"{c.sensor} {rule}"))
                 o.keys.add(key)
-                self._extend(o, c, count=False)
+                self._attach(o, ek, c.end_ns)
                 return []
         aid = hashlib.sha256(f"{c.sensor}|{rule}|{c.start_ns}".encode()).hexdigest()[:16]
         message = f"{prio.upper()} {rule} on {c.sensor}: {c.detail}" + (f" (lot {c.lot})" if c.lot else "")
         alarm = Alarm(aid, c.sensor, rule, prio, c.start_ns, message, c.lot, members=(f"{c.sensor} {rule}",))
-        self._open[aid] = _Open(alarm, c.end_ns, {key})
+        o = _Open(alarm, {}, {key})
+        self._open[aid] = o
+        self._attach(o, ek, c.end_ns)
         self.stats.raised += 1
         return [Transition(alarm, Action.RAISE, c.start_ns)]
 
-    def _extend(self, o: _Open, c: Condition, count: bool) -> None:
-        if count:
-            o.alarm = replace(o.alarm, episodes=o.alarm.episodes + 1)
-        if o.end_ns is not None:
-            o.end_ns = None if c.end_ns is None else max(o.end_ns, c.end_ns)
+    def _attach(self, o: _Open, ek: tuple[str, int], end_ns: int | None) -> None:
+        o.ends[ek] = end_ns
+        if end_ns is None:
+            self._owner[ek] = o.alarm.id
 
     def advance(self, now_ns: int) -> list[Transition]:
         """Record the clears whose condition has stayed away for the off-delay by ``now_ns``."""
-        done = [o for o in self._open.values() if o.end_ns is not None and now_ns - o.end_ns > self._off]
+        done = [o for o in self._open.values() if (e := o.end_ns) is not None and now_ns - e > self._off]
         return self._clear(done)
 
     def flush(self) -> list[Transition]:
@@ -367,8 +403,9 @@ class AlarmEngine:
         out = []
         for o in sorted(done, key=lambda o: o.end_ns or 0):
             del self._open[o.alarm.id]
-            assert o.end_ns is not None
-            out.append(Transition(apply(o.alarm, Action.CLEAR, o.end_ns), Action.CLEAR, o.end_ns))
+            end = o.end_ns
+            assert end is not None
+            out.append(Transition(apply(o.alarm, Action.CLEAR, end), Action.CLEAR, end))
         return out
 
     def open_alarms(self) -> list[Alarm]:

@@ -31,9 +31,21 @@ class Episode:
         return flag_names(self.flags)
 
 
+@dataclass(frozen=True, slots=True)
+class EpisodeOpened:
+    """An episode that opened in the last batch and is still open: alarms are raised on it without
+    waiting for its end (``flags`` are the rules seen so far)."""
+
+    sensor: str
+    start_ns: int
+    flags: int
+    lot: str | None
+
+
 class EpisodeTracker:
     def __init__(self, capacity: int = 64) -> None:
         self._cap = 0
+        self.opened: list[EpisodeOpened] = []  # of the last update(), still open at its end
         self._open_lot: dict[int, str | None] = {}
         self._grow(capacity)
 
@@ -54,8 +66,9 @@ class EpisodeTracker:
         self._cap = capacity
 
     def update(self, idx: np.ndarray, batch: pa.RecordBatch, flags: np.ndarray, keys: list[str]) -> list[Episode]:
-        """Feed one flagged batch; returns the episodes that closed in it."""
+        """Feed one flagged batch; returns the episodes that closed in it (``opened``: those that opened)."""
         n = len(idx)
+        self.opened = []
         if n == 0:
             return []
         need = int(idx.max()) + 1
@@ -82,6 +95,9 @@ class EpisodeTracker:
             else:
                 s, start, end, mask, vmin, vmax, cnt, _ = c
                 result.append(Episode(keys[s], start, end, mask, vmin, vmax, cnt, self._open_lot.pop(s, None)))
+        still = {int(idx[r]): int(ts[r]) for r in np.flatnonzero(opened)}
+        self.opened = [EpisodeOpened(keys[s], t, int(self.mask[s]), self._open_lot.get(s)) for s, t in still.items()
+                       if self.is_open[s] and self.start[s] == t]
         return result
 
     def close_all(self, keys: list[str]) -> list[Episode]:

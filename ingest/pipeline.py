@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.detect import Detector
-from ingest.episodes import Episode, EpisodeTracker
+from ingest.episodes import Episode, EpisodeOpened, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
 from ingest.sink import CommittedFile, ParquetSink, storage_error
 from qctrace.config import DetectConfig, SinkConfig
@@ -31,7 +31,7 @@ from qctrace.schema import Flag, Gap
 
 log = logging.getLogger(__name__)
 
-Fact = LotStarted | LotFinished | Episode | Gap | CommittedFile
+Fact = LotStarted | LotFinished | Episode | EpisodeOpened | Gap | CommittedFile
 FUTURE_SKEW_NS = 300 * 10**9  # a source clock this far ahead of its receive time is not trusted as "now"
 OnEvents = Callable[[list[Fact]], None]
 
@@ -92,6 +92,7 @@ class Ingest:
         eps = self.episodes.update(idx, flagged, flags, self.detector.keys)
         self.stats.episodes += len(eps)
         facts.extend(eps)
+        facts.extend(self.episodes.opened)  # alarms are raised when an episode opens, not when it ends
         self.sink.add(flagged)
         if facts:
             self.on_events(facts)

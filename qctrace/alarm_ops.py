@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.alarms import Action, Alarm, AlarmEngine, Condition, State, Transition, apply, parse_iso
-from ingest.episodes import Episode
+from ingest.episodes import Episode, EpisodeOpened
 from ledger import Ledger
 from ledger import events as ev_mod
 from qctrace.config import Config
@@ -192,9 +192,11 @@ class AlarmFeed:
     def __call__(self, facts: list) -> list:
         if not self.enabled:
             return facts
-        conds = [Condition.of_episode(f) if isinstance(f, Episode) else Condition.of_gap(f)
-                 for f in facts if isinstance(f, Episode | Gap)]
-        now = max((t for f in facts if (t := getattr(f, "at_ns", None) or getattr(f, "end_ns", None))), default=0)
+        conds = [Condition.of_episode(f) if isinstance(f, Episode) else Condition.of_opening(f)
+                 if isinstance(f, EpisodeOpened) else Condition.of_gap(f)
+                 for f in facts if isinstance(f, Episode | EpisodeOpened | Gap)]
+        now = max((t for f in facts if (t := getattr(f, "at_ns", None) or getattr(f, "end_ns", None)
+                                        or getattr(f, "start_ns", None))), default=0)
         out = self.engine.observe(conds)
         if now:
             out += self.engine.advance(now)

@@ -156,3 +156,25 @@ def test_engine_raises_at_most_one_alarm_per_condition_and_clears_every_one(cs):
     assert st_.raised + st_.chatter_merged + st_.grouped + st_.on_delay + st_.disabled == len(cs)
     for t in cleared:
         assert t.alarm.state(t.at_ns) is State.UNACK_RTN and t.at_ns >= t.alarm.raised_ns
+
+
+def test_an_alarm_is_raised_when_its_episode_opens_and_cleared_after_it_ends():
+    eng = AlarmEngine(AlarmsConfig(off_delay_s=10))
+    opening = Condition("s/l1/plc/w", int(Flag.SPEC_HIGH), T0, None, "L1", "active")
+    out = eng.observe([opening])
+    assert [(t.action, t.at_ns) for t in out] == [(Action.RAISE, T0)]
+    assert eng.advance(T0 + 3600 * S) == []  # still active: never cleared by time alone
+    assert eng.observe([_ep("s/l1/plc/w", 0, 30)]) == []  # the same episode ended: no second alarm
+    assert eng.advance(T0 + 35 * S) == []  # within the off-delay
+    cleared = eng.advance(T0 + 41 * S)
+    assert [(t.action, t.at_ns, t.alarm.id) for t in cleared] == [(Action.CLEAR, T0 + 30 * S, out[0].alarm.id)]
+
+
+def test_an_episode_that_ends_more_severe_than_it_opened_escalates():
+    eng = AlarmEngine(AlarmsConfig(group_window_s=60))
+    first = eng.observe([Condition("c/t1/log/temperature", int(Flag.SPIKE), T0, None)])
+    assert first[0].alarm.priority == "low"
+    out = eng.observe([_ep("c/t1/log/temperature", 0, 300, Flag.SPIKE | Flag.BAND_HIGH)])
+    assert [(t.action, t.alarm.rule, t.alarm.priority) for t in out] == [(Action.RAISE, "excursion", "critical")]
+    assert eng.stats.escalated == 1
+    assert {t.alarm.id for t in eng.flush()} == {first[0].alarm.id, out[0].alarm.id}
