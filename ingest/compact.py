@@ -1,8 +1,8 @@
 """Background compaction: a partition's small files merged into larger ones, invisibly to readers.
 
-Each merge reads the small files of one partition, sorts their rows by (sensor, ts) as the sink
-does, writes one file under a temporary name (``.compact-<name>.tmp``, a name the sink's recovery
-leaves alone), and then, holding the commit lock, renames it into place and replaces the commit
+Each merge reads the small files of one partition, sorts their rows as the sink does
+(``ingest.sink.sort_order``), writes one file under a temporary name (``.compact-<name>.tmp``, a
+name the sink's recovery leaves alone), and then, holding the commit lock, renames it into place and replaces the commit
 record with one in which the new file stands where the old ones stood. The old files move to the
 record's ``retired`` list: a reader's snapshot names either the old files or the new one, never
 both and never neither, and the old files stay on disk for ``grace_s`` seconds so a reader still
@@ -31,8 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.commit_record import CommittedFile, Retired, Snapshot, locked, read_snapshot, write_snapshot
-from ingest.sink import FILE_METADATA, ROW_GROUP_ROWS, write_parquet
-from ingest.sink_kernels import partition_order
+from ingest.sink import FILE_METADATA, ROW_GROUP_ROWS, sort_order, write_parquet
 from qctrace.durable import fsync_dir
 from qctrace.errors import SinkCommitError
 
@@ -101,12 +100,8 @@ def _merge(root: Path, files: list[CommittedFile], row_group_rows: int) -> tuple
     """Read, sort and write one group (no lock held): the new file under its temporary name."""
     table = pa.concat_tables([pq.read_table(root / f.path) for f in files], promote_options="default")
     table = table.unify_dictionaries().combine_chunks().replace_schema_metadata(FILE_METADATA)
-    sensor = table.column("sensor").chunk(0)
-    names = sensor.dictionary.to_pylist()
-    rank = np.argsort(np.argsort(np.array(names, dtype=object), kind="stable"), kind="stable")
     ts = table.column("ts").chunk(0).view(pa.int64()).to_numpy()
-    codes = sensor.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    order, _, _ = partition_order(np.zeros(len(ts), dtype=np.int64), rank[codes], ts, len(names))
+    order, _, _ = sort_order(table, np.zeros(len(ts), dtype=np.int64), ts)
     table = table.take(pa.array(order))
     final = root / partition_of(files[0].path) / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = final.with_name(f".compact-{final.name}.tmp")

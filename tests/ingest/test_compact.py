@@ -54,9 +54,9 @@ def test_small_files_become_one_sorted_file_per_partition_with_the_same_rows(tmp
     for m in res.merged:
         assert len(m.replaces) == 12 and all(r.rsplit("/", 1)[0] == m.path.rsplit("/", 1)[0] for r in m.replaces)
         t = pq.read_table(tmp_path / "readings" / m.path)
-        keys = list(zip(t.column("sensor").cast("string").to_pylist(), t.column("ts").cast("int64").to_pylist(),
-                        strict=True))
-        assert keys == sorted(keys)
+        keys = list(zip(*(t.column(c).cast("string").to_pylist() for c in ("lot", "device", "sensor")),
+                        t.column("ts").cast("int64").to_pylist(), strict=True))
+        assert keys == sorted(keys)  # each lot's rows together, in sensor and time order
         assert m.lots == tuple(f"LOT-{i}" for i in range(6))
     # The replaced files wait out their grace period (a reader may hold an old snapshot), then go.
     assert all((tmp_path / "readings" / r.path).is_file() for r in snap.retired) and len(snap.retired) == 24

@@ -58,7 +58,7 @@ def test_files_are_hive_partitioned_sorted_and_carry_the_schema_version(tmp_path
     assert "site" not in t.column_names  # the path holds it
 
 
-def test_each_file_is_one_partition_sorted_by_sensor_then_time_across_midnight(tmp_path):
+def test_each_file_is_one_partition_sorted_by_lot_sensor_then_time_across_midnight(tmp_path):
     sink = _sink(tmp_path)
     late = DAY - 3 * 10**9  # three seconds before midnight: these rows belong to the day before
     sink.add(sink.dedupe(_batch(range(0, 6), sensor="zeta", ts0=late)))
@@ -72,11 +72,11 @@ def test_each_file_is_one_partition_sorted_by_sensor_then_time_across_midnight(t
     total = 0
     for f in files:
         t = pq.read_table(tmp_path / "readings" / f.path)
-        keys = list(zip(t.column("sensor").cast("string").to_pylist(), t.column("ts").cast("int64").to_pylist(),
-                        strict=True))
+        keys = list(zip(*(t.column(c).cast("string").to_pylist() for c in ("lot", "device", "sensor")),
+                        t.column("ts").cast("int64").to_pylist(), strict=True))
         assert keys == sorted(keys)
         day = f.path.split("/")[2].removeprefix("date=")
-        assert all(datetime.fromtimestamp(ts // 10**9, UTC).strftime("%Y-%m-%d") == day for _, ts in keys)
+        assert all(datetime.fromtimestamp(k[-1] // 10**9, UTC).strftime("%Y-%m-%d") == day for k in keys)
         total += t.num_rows
     assert total == 9
 
