@@ -9,6 +9,7 @@ source in arrival order from a ``SeqAllocator``.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +19,10 @@ import pyarrow as pa
 from edge.sequence import SeqAllocator
 from qctrace.schema import READING_SCHEMA
 
+log = logging.getLogger(__name__)
+
 _MIN_TS = np.iinfo(np.int64).min
+_MAX_TS = np.iinfo(np.int64).max
 
 
 @dataclass(slots=True)
@@ -85,6 +89,7 @@ class BatchBuilder:
         self.streams = streams
         self.seqs = seqs
         self.emitted_per_source: dict[str, int] = {}
+        self.rejected_ts = 0  # readings refused: a source time outside timestamp[ns]'s range
         self._reset()
 
     def _reset(self) -> None:
@@ -120,9 +125,15 @@ class BatchBuilder:
     def build(self) -> pa.RecordBatch | None:
         if not self._ts:
             return None
+        try:
+            ts = np.asarray(self._ts, dtype=np.int64)
+        except OverflowError:  # a device time outside timestamp[ns] (before 1677, after 2262): no reading
+            self._drop_unrepresentable()
+            if not self._ts:
+                return None
+            ts = np.asarray(self._ts, dtype=np.int64)
         st = self.streams
         stream = np.asarray(self._stream, dtype=np.int32)
-        ts = np.asarray(self._ts, dtype=np.int64)
         n = len(ts)
         cols: list[pa.Array] = [
             pa.array(ts, pa.timestamp("ns", tz="UTC")),
@@ -140,6 +151,19 @@ class BatchBuilder:
         cols.append(pa.array(np.zeros(n, dtype=np.uint32)))
         self._reset()
         return pa.RecordBatch.from_arrays(cols, schema=READING_SCHEMA)
+
+    def _drop_unrepresentable(self) -> None:
+        """Refuse readings whose source time no nanosecond timestamp can hold (an OPC UA "no time"
+        DateTime of 1601, a clock gone wild): counted in ``rejected_ts`` and logged, never a crash
+        that would lose the good readings of the same batch."""
+        ok = [_MIN_TS <= t <= _MAX_TS for t in self._ts]
+        keep = [i for i, good in enumerate(ok) if good]
+        bad = sorted({"/".join(self.streams.keys[s]) for s, good in zip(self._stream, ok, strict=True) if not good})
+        self.rejected_ts += len(ok) - len(keep)
+        log.warning("batch.rejected_timestamps n=%d sensors=%s", len(ok) - len(keep), ",".join(bad))
+        for name in ("_stream", "_ts", "_recv", "_value", "_quality"):
+            col = getattr(self, name)
+            setattr(self, name, [col[i] for i in keep])
 
     def _stamp_seq(self, stream: np.ndarray) -> np.ndarray:
         src = np.asarray(self.streams.source_of, dtype=np.int32)[stream]

@@ -81,3 +81,18 @@ def test_a_frame_time_beyond_what_can_be_stored_is_refused_and_counted(ts_ms, ac
     frames = dec.feed(encode_frame("logger-01", 1, ts_ms, 4.0, 50.0, 0, 3.6))
     assert len(frames) == int(accepted)
     assert dec.rejected["range"] == int(not accepted)
+
+
+def test_a_time_no_timestamp_can_hold_is_refused_counted_and_logged_and_the_rest_of_the_batch_kept(plant, caplog):
+    opcua_null = -11_644_473_600 * 10**9  # 1601-01-01, OPC UA's DateTime 0: before 1677, no ns timestamp holds it
+    ok = plant.sensor("plant1/line1/plc1/weight")
+    odd = plant.sensor("plant1/line1/plc1/no_time")
+    plant.add(ok, [(_ns("2026-11-02T08:00:00"), 500.0)])
+    plant.add(odd, [(opcua_null, 1.0), (2**63 + 5, 2.0)])
+    plant.add(ok, [(_ns("2026-11-02T08:00:01"), 501.0)])
+    with caplog.at_level("WARNING", logger="edge.batcher"):
+        batch = plant.builder.build()
+    assert batch.num_rows == 2 and batch.column("value").to_pylist() == [500.0, 501.0]
+    assert plant.builder.rejected_ts == 2
+    assert any("batch.rejected_timestamps n=2 sensors=plant1/line1/plc1/no_time" in r.getMessage()
+               for r in caplog.records)
