@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -206,3 +207,56 @@ def _publish(root: Path, state_dir: Path, group: list[CommittedFile], tmp: Path,
         write_snapshot(state_dir, snap)
     log.info("compact.commit file=%s replaces=%d rows=%d", meta.path, len(group), meta.rows)
     return True
+
+
+class BackgroundCompactor:
+    """``compact`` every ``every_s`` seconds in a daemon thread beside ingest.
+
+    The thread never touches the ledger (its connection belongs to ingest's thread): each new
+    file waits in ``drain()`` until ingest hands it on as a fact. A failure (a full disk, say) is
+    logged and kept in ``error``; the next pass tries again, and ingest carries on meanwhile.
+    """
+
+    def __init__(self, root: Path, state_dir: Path, every_s: float, min_files: int = 4,
+                 target_rows: int = 2_000_000, grace_s: float = 300.0, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        self.root, self.state_dir, self.every_s = root, state_dir, every_s
+        self._args = (min_files, target_rows, grace_s, row_group_rows)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._new: list[CommittedFile] = []
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+        self.error: Exception | None = None
+
+    def _keep(self, files: list[CommittedFile]) -> None:
+        with self._lock:
+            self._new.extend(files)
+
+    def drain(self) -> list[CommittedFile]:
+        """The files compacted since the last call."""
+        with self._lock:
+            out, self._new = self._new, []
+        return out
+
+    def run_once(self) -> None:
+        min_files, target_rows, grace_s, rg = self._args
+        try:
+            compact(self.root, self.state_dir, min_files, target_rows, grace_s, rg, on_files=self._keep)
+            self.error = None
+        except SinkCommitError as exc:  # another run holds the dataset, or the disk refused
+            self.error = exc
+            log.warning("compact.background_failed error=%s", exc)
+        self.passes += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.run_once()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="qctrace-compactor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.compact import BackgroundCompactor
 from ingest.detect import Detector
 from ingest.episodes import Episode, EpisodeOpened, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
@@ -58,6 +59,9 @@ class Ingest:
         self.commit_error: SinkCommitError | None = None  # the last commit the disk refused, until one succeeds
         self._retry_s = sink.retry_s
         self._retry_at = 0.0
+        self.compactor = BackgroundCompactor(self.sink.root, self.sink.state_dir, sink.compact_every_s,
+                                             sink.compact_min_files, sink.compact_target_rows, sink.retired_grace_s,
+                                             sink.row_group_rows) if sink.compact_every_s else None
         self.stats = IngestStats()
         self._generation = 0
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
@@ -177,7 +181,10 @@ class Ingest:
                 self.check_stale()
                 if self.sink.due():
                     self.flush()
+                self._compacted()
 
+        if self.compactor:
+            self.compactor.start()
         task = asyncio.create_task(flusher())
         try:
             async for item in batches:
@@ -191,4 +198,13 @@ class Ingest:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if self.compactor:
+                await asyncio.to_thread(self.compactor.stop)
         self.finish()
+        self._compacted()
+
+    def _compacted(self) -> None:
+        """Files the background compactor wrote become facts here, on ingest's thread (the ledger's)."""
+        files = self.compactor.drain() if self.compactor else []
+        if files:
+            self.on_events(list(files))

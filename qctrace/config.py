@@ -344,6 +344,7 @@ class SinkConfig(_Frozen):
     flush_rows: Annotated[int, Field(ge=1)] = 200_000
     flush_age_s: Annotated[float, Field(gt=0)] = 1.0
     row_group_rows: Annotated[int, Field(ge=1024)] = 1 << 17
+    compact_every_s: Annotated[float, Field(ge=0)] = 60.0  # ingest's background compaction (0 = none)
     compact_min_files: Annotated[int, Field(ge=2)] = 4  # small files in a partition before they are merged
     compact_target_rows: Annotated[int, Field(ge=1000)] = 2_000_000  # a merged file's size; smaller than half is small
     retired_grace_s: Annotated[float, Field(ge=0)] = 300.0

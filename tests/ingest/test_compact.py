@@ -149,3 +149,29 @@ def test_compacted_files_go_to_the_ledger_and_verify_passes_once_the_old_files_a
     with pytest.raises(DataFileChanged, match="is missing"):
         verify_ledger(ledger, [], data_root=tmp_path / "readings")
     ledger.close()
+
+
+async def test_ingest_compacts_in_the_background_and_reports_the_new_files_as_facts(tmp_path):
+    import asyncio
+
+    from ingest import Ingest
+    from ingest.commit_record import CommittedFile
+    from qctrace.config import load_config
+
+    cfg = load_config(None).with_overrides(**{"sink.flush_rows": 20, "sink.compact_every_s": 0.05,
+                                              "sink.compact_min_files": 2, "sink.retired_grace_s": 0.0})
+    facts = []
+    ingest = Ingest(tmp_path, cfg.detect, cfg.sink, facts.extend)
+
+    async def batches():
+        for k in range(30):
+            yield _batch("plc-l1", range(k * 20, (k + 1) * 20))
+            await asyncio.sleep(0.02)
+
+    await ingest.run(batches(), flush_check_s=0.01)
+    files = [f for f in facts if isinstance(f, CommittedFile)]
+    merged = [f for f in files if f.replaces]
+    assert merged and ingest.compactor.passes >= 3 and ingest.compactor.error is None
+    assert sum(f.rows for f in files if not f.replaces) == 600  # every sink commit, then the merges
+    assert _keys(read_dataset(tmp_path / "readings")) == [("s/l1/plc-l1", q) for q in range(600)]
+    assert len(read_snapshot(tmp_path / "ingest").files) < 30
