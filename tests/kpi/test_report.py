@@ -7,14 +7,21 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 from ledger import Ledger
 from ledger import events as ev_mod
 from qctrace.alarm_ops import list_alarms
+from qctrace.cli import cli
 from qctrace.config import load_config
 from qctrace.report import build_report, render_html
 
 pytestmark = pytest.mark.e2e
+
+
+def run(*args: str):
+    """The CLI in-process (a subprocess per call costs seconds of imports)."""
+    return CliRunner().invoke(cli, list(args))
 
 
 def qctrace(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -63,8 +70,8 @@ class _Parser(html.parser.HTMLParser):
 def test_html_report_is_self_contained_and_shows_every_section(demo, tmp_path):
     lot = _first_lot(demo)
     out = tmp_path / "r.html"
-    res = qctrace("report", lot, "--out", str(out), "--data-dir", str(demo))
-    assert res.returncode == 0, res.stderr
+    res = run("report", lot, "--out", str(out), "--data-dir", str(demo))
+    assert res.exit_code == 0, res.output
     text = out.read_text()
     p = _Parser()
     p.feed(text)
@@ -77,8 +84,8 @@ def test_html_report_is_self_contained_and_shows_every_section(demo, tmp_path):
 
 def test_pdf_report(demo, tmp_path):
     out = tmp_path / "r.pdf"
-    res = qctrace("report", _first_lot(demo), "--format", "pdf", "--out", str(out), "--data-dir", str(demo))
-    assert res.returncode == 0, res.stderr
+    res = run("report", _first_lot(demo), "--format", "pdf", "--out", str(out), "--data-dir", str(demo))
+    assert res.exit_code == 0, res.output
     data = out.read_bytes()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF") and len(data) > 20_000
 
@@ -92,12 +99,12 @@ def test_report_escapes_what_it_shows(demo):
 
 
 def test_unknown_lot_is_a_clear_error(demo, tmp_path):
-    res = qctrace("report", "NO-SUCH-LOT", "--out", str(tmp_path / "x.html"), "--data-dir", str(demo))
-    assert res.returncode == 1 and "lot 'NO-SUCH-LOT': no readings and no ledger events" in res.stderr
+    res = run("report", "NO-SUCH-LOT", "--out", str(tmp_path / "x.html"), "--data-dir", str(demo))
+    assert res.exit_code == 1 and "error: lot 'NO-SUCH-LOT': no readings and no ledger events" in res.output
     assert not (tmp_path / "x.html").exists()
 
 
 def test_capability_command_prints_cp_cpk_and_yield(demo):
-    res = qctrace("capability", "--data-dir", str(demo))
-    assert res.returncode == 0, res.stderr
-    assert "plant1/line1/plc1/filler_weight" in res.stdout and "first-pass yield plant1/line1" in res.stdout
+    res = run("capability", "--data-dir", str(demo))
+    assert res.exit_code == 0, res.output
+    assert "plant1/line1/plc1/filler_weight" in res.output and "first-pass yield plant1/line1" in res.output
