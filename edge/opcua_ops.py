@@ -34,8 +34,9 @@ class OperationLimits:
 
 async def read_operation_limits(client: Client) -> OperationLimits:
     """The limits the server advertises; a limit it does not state (or cannot read) is 0 = none."""
-    ids = [ua.NodeId(i) for i in _LIMIT_IDS.values()]
-    dvs = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
+    # One node per Read: the limits are not known yet, and a server may allow as little as one.
+    dvs = [(await client.uaclient.read_attributes([ua.NodeId(i)], ua.AttributeIds.Value))[0]
+           for i in _LIMIT_IDS.values()]
     vals = {}
     for name, dv in zip(_LIMIT_IDS, dvs, strict=True):
         ok = dv.StatusCode is None or dv.StatusCode.is_good()

@@ -37,6 +37,7 @@ from pathlib import Path
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.server.history import HistoryDict
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -86,6 +87,15 @@ _SECURE_POLICIES = (ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, ua.Secu
                     ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
                     ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
                     ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign)
+
+
+class _SampleHistory(HistoryDict):
+    """asyncua's in-memory history, keeping samples only: the "no value yet" placeholder has no
+    source timestamp, and asyncua's time-range reads fail on such an entry."""
+
+    async def save_node_value(self, node_id: ua.NodeId, datavalue: ua.DataValue) -> None:
+        if datavalue.SourceTimestamp is not None:
+            await super().save_node_value(node_id, datavalue)
 
 
 class _Passwords(UserManager):
@@ -157,6 +167,7 @@ class LinePlcServer:
         await self._build(srv)
         await srv.start()
         if self.history:
+            srv.iserver.history_manager.set_storage(_SampleHistory())
             await srv.historize_node_data_change([srv.get_node(n) for n in self._tag_nodes.values()], period=None,
                                                  count=self.history)
         self._server = srv

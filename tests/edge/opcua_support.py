@@ -28,8 +28,20 @@ class Collected:
     def ts(self) -> list[int]:
         return [t for b in self.items if not isinstance(b, Gap) for t in b.column("ts").cast(pa.int64()).to_pylist()]
 
+    def keys(self) -> list[tuple[str, int]]:
+        """(sensor, source time) of every reading: what makes a sample unique on one PLC."""
+        return keys_of([b for b in self.items if not isinstance(b, Gap)])
+
     def table(self) -> pa.Table:
         return pa.Table.from_batches([b for b in self.items if not isinstance(b, Gap)])
+
+
+def keys_of(batches: list[pa.RecordBatch]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for b in batches:
+        out += zip(b.column("sensor").cast(pa.string()).to_pylist(), b.column("ts").cast(pa.int64()).to_pylist(),
+                   strict=True)
+    return out
 
 
 def reader(url: str, out: Collected, **kw) -> OpcUaReader:

@@ -1,0 +1,101 @@
+"""Outages between the OPC UA reader and a real server: a PLC restarted mid-subscription, and a
+network cut while the PLC keeps running (read back from its history)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from firmware_sim.opcua_server import ServerSecurity, free_port
+from firmware_sim.plant import SimulatedPlant
+from firmware_sim.scenario import load_scenario, parse_scenario
+from qctrace.config import OpcUaClientConfig
+from tests.edge.opcua_support import Collected, CuttableProxy, keys_of, reader, run_for
+
+_RESTART = """
+[plant]
+start = "2026-11-06T00:00:00Z"
+tick_s = 1.0
+[[sites]]
+name = "p"
+[[sites.lines]]
+name = "l"
+[[sites.lines.devices]]
+name = "plc"
+[[sites.lines.devices.tags]]
+name = "t"
+nominal = 10.0
+noise = 0.1
+[[sites.lines.devices.tags]]
+name = "u"
+nominal = 5.0
+noise = 0.1
+[[faults]]
+kind = "opcua_server_restart"
+target = "p/l"
+at_s = 6
+duration_s = 3
+"""
+_T0 = 1_793_923_200 * 10**9  # 2026-11-06T00:00:00Z
+
+
+def _sent(plant) -> list[tuple[str, int]]:
+    return keys_of(plant._runners[0].truth)
+
+
+async def test_a_plc_restarted_mid_subscription_is_a_gap_and_nothing_after_the_restart_is_lost(tmp_path):
+    sec = ServerSecurity(encrypted=True, allow_none=False, cert_dir=tmp_path / "srv", publish_dir=tmp_path / "pub")
+    opts = OpcUaClientConfig(pki_dir=tmp_path / "pki", trust_dir=tmp_path / "pub", backoff_initial_s=0.2,
+                             backoff_max_s=1.0)
+    out = Collected()
+    async with SimulatedPlant(parse_scenario(_RESTART), seed=1, speed=2, processes=False, security=sec) as plant:
+        r = reader(plant.endpoints["opcua"][0], out, opts=opts, timeout_s=2)
+        await run_for(r, plant, ticks=20, settle_s=1.5)
+        sent = _sent(plant)
+    assert r._client.reconnects == 1
+    gaps = out.gaps
+    assert len(gaps) == 1, gaps
+    g = gaps[0]
+    assert g.source == "p/l/plc" and "lost" in g.reason and "backfilled from the server's history" in g.reason
+    assert g.start_ns == _T0 + 5 * 10**9  # the last sample before the PLC went down at 6 s
+    got = out.keys()
+    assert len(got) == len(set(got)), "a reading was emitted twice"
+    assert set(got) <= set(sent)
+    # Everything the restarted PLC sent (from 9 s) was read, live or from its history; before it,
+    # what is missing lies inside the recorded gap.
+    assert [k for k in sent if k[1] >= _T0 + 9 * 10**9 and k not in set(got)] == []
+    assert all(k in set(got) or g.start_ns < k[1] < g.end_ns for k in sent)
+    assert max(t for _, t in got) == max(t for _, t in sent)
+
+
+async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path):
+    opts = OpcUaClientConfig(security_policy="None", backoff_initial_s=0.2, backoff_max_s=0.5)
+    out = Collected()
+    async with SimulatedPlant(load_scenario("demo"), seed=2, speed=10, processes=False) as plant:
+        server_port = plant._runners[0].server.port
+        proxy = CuttableProxy(server_port, free_port())
+        await proxy.restore()
+        r = reader(proxy.url, out, opts=opts, timeout_s=2)
+        async with r:
+            stop = asyncio.Event()
+            task = asyncio.create_task(r.run(stop))
+            ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=50))
+            await asyncio.sleep(1.5)
+            await proxy.cut()  # the PLC keeps sampling; nothing reaches the reader for 2 s
+            await asyncio.sleep(2.0)
+            await proxy.restore()
+            await ticks
+            for _ in range(60):
+                if len(out.ts()) + len(r.builder) >= plant.produced()["plant1/line1/plc1"] and not r._resuming:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
+            stop.set()
+            await task
+        sent = _sent(plant)
+    assert r._client.reconnects >= 1
+    got = out.keys()
+    assert r.backfilled >= 4 * 10  # at least the 2 s cut at 10 ticks/s, 4 tags
+    assert len(got) == len(set(got)) == len(sent) and set(got) == set(sent)  # all of it, each once
+    (g,) = out.gaps
+    n = int(g.reason.split("; ")[1].split(" readings backfilled")[0])
+    assert n == r.backfilled and g.source == "plant1/line1/plc1"
