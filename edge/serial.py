@@ -34,6 +34,7 @@ from qctrace.schema import Quality
 log = logging.getLogger(__name__)
 
 CHANNELS = ("temperature", "humidity", "door_open", "battery")
+_READ_MAX = 65536
 
 FRAMES = Counter("qctrace_edge_serial_frames_total", "Valid logger frames decoded", ["port"])
 REJECTED = Counter("qctrace_edge_serial_frames_rejected_total", "Logger frames refused, by reason", ["port", "reason"])
@@ -133,7 +134,16 @@ class SerialReader(Reader):
         n = ser.in_waiting
         if n == 0:
             raise serial.SerialException("device reports readiness to read but has no data (unplugged)")
-        return ser.read(min(n, 65536))
+        data = bytearray(ser.read(min(n, _READ_MAX)))
+        # A terminal hands over at most a few KiB a read: keep taking what has arrived meanwhile (one
+        # worker-thread round trip per 64 KiB, not per 4 KiB). Whatever goes wrong now is reported by
+        # the next call; the bytes already taken are returned, never dropped.
+        try:
+            while len(data) < _READ_MAX and (n := ser.in_waiting):
+                data += ser.read(min(n, _READ_MAX - len(data)))
+        except (serial.SerialException, OSError):
+            pass
+        return bytes(data)
 
     async def _read_once(self) -> None:
         if self._ser is None:
