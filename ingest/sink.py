@@ -34,6 +34,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -74,20 +75,26 @@ def storage_error(action: str, path: Path, exc: OSError, rows: int) -> SinkCommi
                            f" stay pending and are not acknowledged upstream; {hint} and ingest retries")
 
 
-def write_parquet(table: pa.Table, path: Path, row_group_rows: int = ROW_GROUP_ROWS, tmp: Path | None = None) -> str:
-    """Write ``table`` to ``tmp`` (default ``.<name>.tmp`` beside ``path``) and fsync it; returns its SHA-256.
-
-    The file is encoded in memory and hashed there, so the hash costs no second read of the file.
-    """
+def encode_parquet(table: pa.Table, row_group_rows: int = ROW_GROUP_ROWS) -> tuple[pa.Buffer, str]:
+    """A Parquet file's bytes and their SHA-256, encoded in memory: the hash costs no second read."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=row_group_rows, write_page_index=True)
     buf = sink.getvalue()
-    tmp = tmp if tmp is not None else tmp_path(path)
+    return buf, hashlib.sha256(buf).hexdigest()
+
+
+def write_durably(tmp: Path, buf: pa.Buffer) -> None:
     with open(tmp, "wb") as fh:
         fh.write(buf)
         fh.flush()
         os.fsync(fh.fileno())
-    return hashlib.sha256(buf).hexdigest()
+
+
+def write_parquet(table: pa.Table, path: Path, row_group_rows: int = ROW_GROUP_ROWS, tmp: Path | None = None) -> str:
+    """Write ``table`` to ``tmp`` (default ``.<name>.tmp`` beside ``path``) and fsync it; returns its SHA-256."""
+    buf, sha = encode_parquet(table, row_group_rows)
+    write_durably(tmp if tmp is not None else tmp_path(path), buf)
+    return sha
 
 
 def tmp_path(final: Path) -> Path:
@@ -143,6 +150,7 @@ class ParquetSink:
         self._buffered_rows = 0
         self._first_buffered = 0.0
         self.duplicates_dropped = 0
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="qctrace-sink-io")
         self._open()
 
     # ------------------------------------------------------------------ what is committed
@@ -232,7 +240,10 @@ class ParquetSink:
             s, rest = divmod(k, sizes[1] * sizes[2])
             ln, d = divmod(rest, sizes[2])
             name = f"{cols[0].dictionary[s].as_py()}/{cols[1].dictionary[ln].as_py()}/{cols[2].dictionary[d].as_py()}"
-            ranges.append(self._accepted.setdefault(name, SeqRanges()))
+            r = self._accepted.get(name)
+            if r is None:
+                r = self._accepted[name] = SeqRanges()
+            ranges.append(r)
         off = np.cumsum([0] + [len(r) for r in ranges])
         starts = np.concatenate([r.starts for r in ranges])
         ends = np.concatenate([r.ends for r in ranges])
@@ -303,12 +314,18 @@ class ParquetSink:
         touched: list[Path] = []  # every final name whose temporary file may exist
         renamed: list[Path] = []
         try:
-            # Step 1: order, encode, hash, write under a temporary name, fsync.
+            # Step 1: order, encode, hash, write under a temporary name, fsync. Writing and fsyncing a
+            # partition's file (I/O, in a helper thread) overlaps encoding the next one (CPU).
+            writes = []
             for final, rows, meta in self._layout(table):
                 final.parent.mkdir(parents=True, exist_ok=True)
                 touched.append(final)
-                sha = write_parquet(rows, final, self.row_group_rows)
+                buf, sha = encode_parquet(rows, self.row_group_rows)
+                writes.append(self._io.submit(write_durably, tmp_path(final), buf))
                 staged.append((final, CommittedFile(meta.path, meta.rows, sha, meta.lots, meta.ts_min, meta.ts_max)))
+            errors = [w.exception() for w in writes]  # wait for every write, even after a failure
+            if any(errors):
+                raise next(e for e in errors if e is not None)
             log.info("sink.step1 written=%d rows=%d", len(staged), n)
             # Step 2: the commit lock (the compactor or retention may be changing the record).
             with locked(self.state_dir):
