@@ -99,7 +99,8 @@ def test_toml_syntax_errors_keep_their_line(tmp_path):
 
 
 def test_dotted_and_quoted_keys_are_located():
-    lines = key_lines('a.b = 1\n[x."y.z"]\nk = 2\n[[t]]\n[[t]]\n"q" = 3\ns = """\nfake = 1\n"""\nm = [\n  1,\n]\nn = 4\n')
+    lines = key_lines('a.b = 1\n[x."y.z"]\nk = 2\n[[t]]\n[[t]]\n"q" = 3\n'
+                      's = """\nfake = 1\n"""\nm = [\n  1,\n]\nn = 4\n')
     assert lines[("a", "b")] == 1 and lines[("x", "y.z", "k")] == 3
     assert lines[("t", 1, "q")] == 6
     assert ("t", 1, "fake") not in lines  # inside a multi-line string
