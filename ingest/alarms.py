@@ -37,6 +37,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from qctrace.config import DEFAULT_PRIORITIES, PRIORITIES, AlarmsConfig
 from qctrace.errors import AlarmError
@@ -236,7 +237,7 @@ class Condition:
     rule: str | None = None  # None: from the flags
 
     @classmethod
-    def of_episode(cls, ep) -> Condition:  # ingest.episodes.Episode, duck-typed to keep this module pure
+    def of_episode(cls, ep: Any) -> Condition:  # ingest.episodes.Episode (duck-typed: no import cycle)
         """An episode's condition; its text gives the rules, duration, reading count and value range."""
         secs = (ep.end_ns - ep.start_ns) / 1e9
         detail = f"{flag_names(ep.flags) or 'flagged'} for {secs:.0f} s, {ep.readings} readings"
@@ -245,12 +246,12 @@ class Condition:
         return cls(ep.sensor, ep.flags, ep.start_ns, ep.end_ns, ep.lot, detail)
 
     @classmethod
-    def of_opening(cls, op) -> Condition:  # ingest.episodes.EpisodeOpened
+    def of_opening(cls, op: Any) -> Condition:  # ingest.episodes.EpisodeOpened
         """An episode still open: active from its start, its end to come with the closed episode."""
         return cls(op.sensor, op.flags, op.start_ns, None, op.lot, f"{flag_names(op.flags) or 'flagged'}, active")
 
     @classmethod
-    def of_gap(cls, gap) -> Condition:  # qctrace.schema.Gap
+    def of_gap(cls, gap: Any) -> Condition:  # qctrace.schema.Gap
         secs = (gap.end_ns - gap.start_ns) / 1e9
         return cls(gap.source, int(Flag.GAP), gap.start_ns, gap.end_ns, None,
                    f"no readings for {secs:.0f} s ({gap.reason})"[:300], rule="gap")

@@ -688,5 +688,35 @@ def capability(lot: str | None, confidence: float, config_path: Path | None, dat
                    f" {len(ys)} lots with no flagged or out-of-specification reading)")
 
 
+@alarms.command("out-of-service")
+@click.argument("alarm_id")
+@_by_option
+@_comment_option
+@_config_option
+@_data_dir_option
+@_errors
+def alarms_out_of_service(alarm_id: str, user: str, comment: str, config_path: Path | None,
+                          data_dir: Path | None) -> None:
+    """Take alarm ALARM_ID out of service (maintenance), recorded in the ledger with --by."""
+    from qctrace.alarm_ops import remove_from_service
+
+    click.echo(_alarm_line(remove_from_service(_load(config_path, data_dir), alarm_id, user, comment)))
+
+
+@alarms.command("in-service")
+@click.argument("alarm_id")
+@_by_option
+@_comment_option
+@_config_option
+@_data_dir_option
+@_errors
+def alarms_in_service(alarm_id: str, user: str, comment: str, config_path: Path | None,
+                      data_dir: Path | None) -> None:
+    """Return alarm ALARM_ID to service after maintenance, recorded in the ledger with --by."""
+    from qctrace.alarm_ops import return_to_service
+
+    click.echo(_alarm_line(return_to_service(_load(config_path, data_dir), alarm_id, user, comment)))
+
+
 def main() -> None:
     cli(prog_name="qctrace")

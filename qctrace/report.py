@@ -128,6 +128,9 @@ def build_report(cfg: Config, lot: str) -> LotQualityReport:
             size = cps[-1][0] if cps else 0
             for e in own:
                 d = describe(e)
+                if al := e.as_dict().get(f"{ev_mod.NS}:alarm"):
+                    who = e.as_dict().get(f"{ev_mod.NS}:by", "")
+                    d["details"] = f"{al['id']} {al['priority']} {al['rule']} {al['sensor']} -> {al['state']} by {who}"
                 d["proof"] = "included, proof verified" if e.idx < size else "awaits the next checkpoint"
                 evs.append(d)
     if not n and not evs:

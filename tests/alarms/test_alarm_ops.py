@@ -122,3 +122,17 @@ def test_cli_lists_acks_and_shelves(cfg):
     assert out.exit_code == 0 and "UNACK_RTN" in out.output
     out = r.invoke(cli, ["alarms", "ack", aid, *d])
     assert out.exit_code == 2 and "--by" in out.output
+
+
+def test_out_of_service_and_back_through_the_cli(cfg):
+    aid = _by_sensor(cfg)["p/l1/plc/weight"].id
+    d = ["--data-dir", str(cfg.data_dir)]
+    out = CliRunner().invoke(cli, ["alarms", "out-of-service", aid, "--by", "maint", "--comment", "sensor swap", *d])
+    assert out.exit_code == 0 and "OUT_OF_SERVICE" in out.output
+    with pytest.raises(AlarmError, match="return it to service"):
+        alarm_ops.acknowledge(cfg, aid, "ann")
+    out = CliRunner().invoke(cli, ["alarms", "in-service", aid, "--by", "maint", *d])
+    assert out.exit_code == 0 and "UNACK_RTN" in out.output
+    with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
+        kinds = [(e.kind, e.as_dict()[f"{ev_mod.NS}:by"]) for e in led.events() if e.kind in ev_mod.ALARM_KINDS]
+    assert kinds[-2:] == [(ev_mod.ALARM_REMOVED, "maint"), (ev_mod.ALARM_RESTORED, "maint")]
