@@ -116,7 +116,7 @@ def _ranks(col: pa.Array) -> tuple[np.ndarray, int]:
     """Each row's rank by value of a single-chunk dictionary column (nulls first), and how many ranks."""
     names = col.dictionary.to_pylist()
     rank = np.argsort(np.argsort(np.array(names, dtype=object), kind="stable"), kind="stable") + 1
-    codes = col.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = col.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)  # null rows: 0 below
     r = rank[codes] if len(names) else np.zeros(len(col), dtype=np.int64)
     if col.null_count:
         r = np.where(col.is_null().to_numpy(zero_copy_only=False), 0, r)
@@ -198,6 +198,8 @@ class ParquetSink:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with locked(self.state_dir):
+                if read_snapshot(self.state_dir) is None:
+                    self._first_open()
                 self._reload()
                 self._recover()
         except OSError as exc:
@@ -208,6 +210,17 @@ class ParquetSink:
     def _reload(self) -> None:
         """Re-read the record (with the lock held): the compactor or retention may have changed it."""
         self._snap = read_snapshot(self.state_dir) or Snapshot()
+
+    def _first_open(self) -> None:
+        """No commit record: a new dataset gets an empty one, so that later a missing record can only
+        mean damage. Files without a record are never deleted as uncommitted: that would destroy
+        a dataset whose record was lost."""
+        found = next(self.root.rglob("part-*.parquet"), None)
+        if found is not None:
+            raise SinkCommitError(f"{self.commit_path}: missing, but {self.root} holds Parquet files (e.g. {found});"
+                                  " restore the commit record from a backup, or move the files away to start a new"
+                                  " dataset. Nothing was changed.")
+        write_snapshot(self.state_dir, Snapshot())
 
     def _recover(self) -> None:
         known = {f.path for f in self._snap.files} | {r.path for r in self._snap.retired}
