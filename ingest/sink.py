@@ -297,7 +297,7 @@ class ParquetSink:
             FILE_METADATA)
         ts_sorted = ts[order]
         lot = table.column("lot").chunk(0)
-        lot_c = lot.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        lot_c = lot.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         lot_names = lot.dictionary.to_pylist()
         if lot.null_count:
             lot_c = np.where(lot.is_null().to_numpy(zero_copy_only=False), len(lot_names), lot_c)

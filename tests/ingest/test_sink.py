@@ -110,7 +110,7 @@ def test_a_write_failure_is_a_commit_error_and_keeps_the_rows_buffered(tmp_path)
     blocker.write_text("a file where the partition directory must go")  # fails even for root
     with pytest.raises(SinkCommitError, match=r"Not a directory .*5 readings stay pending"):
         sink.flush()
-    assert not (tmp_path / "ingest" / "commit.json").exists()
+    assert json.loads((tmp_path / "ingest" / "commit.json").read_text())["files"] == []
     blocker.unlink()
     assert sink.flush()  # nothing was lost: the rows commit once the cause is gone
     assert read_dataset(tmp_path / "readings").num_rows == 5
@@ -258,3 +258,13 @@ def test_a_crash_at_any_step_of_a_commit_loses_and_doubles_nothing(tmp_path, mon
         if not crashed:
             break
     assert step > 5  # the commit really went through several disk steps
+
+
+def test_a_dataset_whose_commit_record_is_lost_is_refused_not_wiped(tmp_path):
+    sink = _sink(tmp_path)
+    sink.add(sink.dedupe(_batch(range(5))))
+    sink.flush()
+    (tmp_path / "ingest" / "commit.json").unlink()
+    with pytest.raises(SinkCommitError, match=r"commit\.json: missing, but .* holds Parquet files"):
+        _sink(tmp_path)
+    assert len(list((tmp_path / "readings").rglob("part-*.parquet"))) == 1  # nothing deleted
