@@ -117,3 +117,37 @@ def test_the_cli_shows_the_line_exits_2_and_writes_nothing(tmp_path):
     assert "Traceback" not in res.output
     assert hashlib.sha256(cfg.read_bytes()).hexdigest() == before
     assert not (tmp_path / "data").exists()  # nothing created from a configuration that did not load
+
+
+def test_overlapping_modbus_registers_are_refused_with_both_names_and_the_unit_line(tmp_path):
+    text = """[[edge.serial.devices]]
+port = "/dev/ttyUSB0"
+protocol = "modbus"
+site = "p"
+line = "l"
+
+[[edge.serial.devices.units]]
+unit_id = 7
+device = "chiller"
+registers = [{sensor = "temp", address = 0, type = "float32"}, {sensor = "flow", address = 1}]
+"""
+    msg = _error(tmp_path, text)
+    assert "edge.serial.devices.0.units.0 (line 7):" in msg
+    assert "unit 7: flow and temp both use holding register 1" in msg
+
+
+def test_a_modbus_line_without_units_and_a_logger_without_its_id_are_refused(tmp_path):
+    text = """[[edge.serial.devices]]
+port = "/dev/ttyUSB0"
+protocol = "modbus"
+site = "p"
+line = "l"
+
+[[edge.serial.devices]]
+port = "/dev/ttyUSB1"
+site = "coldchain"
+line = "SHP-1"
+"""
+    msg = _error(tmp_path, text)
+    assert "edge.serial.devices.0 (line 1):" in msg and "needs at least one [[...units]] entry" in msg
+    assert "edge.serial.devices.1 (line 7):" in msg and "needs device = its logger id" in msg
