@@ -145,6 +145,11 @@ class Ingest:
             self.on_events(list(eps))
         self.flush(final=True)
 
+    @property
+    def now_ns(self) -> int:
+        """The data clock: the newest plausible source time seen (what off-delays and timers judge by)."""
+        return self._now_ns
+
     def check_stale(self) -> list[Episode]:
         """Sensors that went silent (the detector's timer rule), each reported once per silence.
 

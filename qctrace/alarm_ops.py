@@ -178,12 +178,15 @@ class AlarmFeed:
     """The pipeline's alarm stage: ingest's facts in, the same facts plus alarm transitions out.
 
     Episodes and gaps become conditions; lot and other facts only move the data clock that
-    confirms off-delayed clears. Transitions also go to ``notify`` (which must not block).
+    confirms off-delayed clears (as does ``clock``, read whenever facts arrive, e.g. a committed
+    file every second). Transitions also go to ``notify`` (which must not block).
     """
 
-    def __init__(self, cfg: Config, notify: Callable[[Transition], None] | None = None) -> None:
+    def __init__(self, cfg: Config, notify: Callable[[Transition], None] | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
         from qctrace.notify import Notifier
 
+        self.clock = clock  # the data clock (ingest's newest source time): lets clears fall due without a fact
         self.engine = AlarmEngine(cfg.alarms)
         self.enabled = cfg.alarms.enabled
         self.notifier = Notifier.from_config(cfg.alarms) if self.enabled and notify is None else None
@@ -197,6 +200,8 @@ class AlarmFeed:
                  for f in facts if isinstance(f, Episode | EpisodeOpened | Gap)]
         now = max((t for f in facts if (t := getattr(f, "at_ns", None) or getattr(f, "end_ns", None)
                                         or getattr(f, "start_ns", None))), default=0)
+        if self.clock is not None:
+            now = max(now, self.clock())
         out = self.engine.observe(conds)
         if now:
             out += self.engine.advance(now)

@@ -208,7 +208,8 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     ledger = Ledger(ledger_path(data_dir))
     checkpointer = Checkpointer(cfg, ledger)
 
-    alarm_feed = AlarmFeed(cfg)  # episodes and gaps become ISA-18.2 alarms, recorded and notified
+    # episodes and gaps become ISA-18.2 alarms, recorded and notified; clears wait on ingest's data clock
+    alarm_feed = AlarmFeed(cfg, clock=lambda: ingest.now_ns)
 
     def record(facts: list) -> None:
         ledger.append_many(provenance.events_for(alarm_feed(facts)))
