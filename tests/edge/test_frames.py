@@ -102,3 +102,30 @@ def test_crc_is_crc16_ccitt_false_as_protocol_md_says():
 
     assert binascii.crc_hqx(b"123456789", 0xFFFF) == 0x29B1
     assert parse_frame(b"$QC1,logger-01,0,1793599200000,4.68,60.2,0,3.600*8FBB\r\n").temperature == 4.68
+
+
+@given(st.lists(st.tuples(st.integers(0, 29), st.integers(0, 200), st.integers(1, 255)), max_size=30),
+       st.lists(st.integers(1, 300), min_size=1, max_size=30))
+def test_a_damaged_byte_loses_only_its_own_frame_and_never_invents_one(damage, cuts):
+    """One byte changed anywhere in a frame (CRC-16 catches every burst of up to 16 bits; a "$" made
+    inside a frame starts a candidate without the QC1 tag) costs exactly that frame."""
+    frames = _frames(30)
+    hit: dict[int, tuple[int, int]] = {}
+    for idx, pos, xor in damage:
+        hit.setdefault(idx, (pos % len(frames[idx]), xor))
+    stream = bytearray()
+    for i, f in enumerate(frames):
+        b = bytearray(f)
+        if i in hit:
+            pos, xor = hit[i]
+            b[pos] ^= xor
+        stream += b
+    dec = FrameDecoder("logger-01")
+    got, pos = [], 0
+    for c in cuts * 20:
+        got += dec.feed(bytes(stream[pos:pos + c]))
+        pos += c
+    got += dec.feed(bytes(stream[pos:]))
+    assert [g.seq for g in got] == [i for i in range(30) if i not in hit]
+    originals = {f.seq: f for f in (parse_frame(x) for x in frames)}
+    assert all(g == originals[g.seq] for g in got)
