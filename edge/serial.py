@@ -83,7 +83,7 @@ class SerialReader(Reader):
         return dict(self.decoder.rejected)
 
     def counters(self) -> dict[str, int]:
-        """This reader's counters, under their metric names (the Prometheus ones sum every port)."""
+        """This reader's counters under their metric names (Prometheus has them too, labelled by port)."""
         return {"qctrace_edge_serial_frames_total": self.frames,
                 "qctrace_edge_serial_frames_rejected_total": sum(self.decoder.rejected.values()),
                 "qctrace_edge_serial_garbage_bytes_total": self.decoder.garbage_bytes,
