@@ -183,7 +183,7 @@ class AlarmFeed:
     """
 
     def __init__(self, cfg: Config, notify: Callable[[Transition], None] | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None, ledger: Ledger | None = None) -> None:
         from qctrace.notify import Notifier
 
         self.clock = clock  # the data clock (ingest's newest source time): lets clears fall due without a fact
@@ -191,6 +191,22 @@ class AlarmFeed:
         self.enabled = cfg.alarms.enabled
         self.notifier = Notifier.from_config(cfg.alarms) if self.enabled and notify is None else None
         self.notify = notify or (self.notifier.submit if self.notifier else None)
+        self._pending = self._orphans(ledger) if ledger is not None and self.enabled else []
+
+    @staticmethod
+    def _orphans(led: Ledger) -> list[Transition]:
+        """Alarms a previous run left active (it was killed before their episodes ended): cleared now,
+        saying why. Detection resumes from its committed state, so a condition that persists opens a
+        new episode and raises a new alarm; none stays active with nobody left to clear it."""
+        now = time.time_ns()
+        out = []
+        for a in fold(led, now).values():
+            if a.active:
+                at = max(now, a.raised_ns)
+                out.append(Transition(apply(a, Action.CLEAR, at), Action.CLEAR, at,
+                                      comment="the pipeline restarted before this condition ended; a condition"
+                                              " that persists raises a new alarm"))
+        return out
 
     def __call__(self, facts: list) -> list:
         if not self.enabled:
@@ -202,14 +218,14 @@ class AlarmFeed:
                                         or getattr(f, "start_ns", None))), default=0)
         if self.clock is not None:
             now = max(now, self.clock())
-        out = self.engine.observe(conds)
+        out, self._pending = [*self._pending, *self.engine.observe(conds)], []
         if now:
             out += self.engine.advance(now)
         return [*facts, *self._tell(out)]
 
     def close(self) -> list[Transition]:
         """At shutdown: the pending clears (to record), after which queued notifications are delivered."""
-        out = self._tell(self.engine.flush()) if self.enabled else []
+        out, self._pending = self._tell([*self._pending, *self.engine.flush()]) if self.enabled else [], []
         if self.notifier is not None:
             self.notifier.close()
         return out

@@ -209,7 +209,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     checkpointer = Checkpointer(cfg, ledger)
 
     # episodes and gaps become ISA-18.2 alarms, recorded and notified; clears wait on ingest's data clock
-    alarm_feed = AlarmFeed(cfg, clock=lambda: ingest.now_ns)
+    alarm_feed = AlarmFeed(cfg, clock=lambda: ingest.now_ns, ledger=ledger)
 
     def record(facts: list) -> None:
         ledger.append_many(provenance.events_for(alarm_feed(facts)))

@@ -136,3 +136,23 @@ def test_out_of_service_and_back_through_the_cli(cfg):
     with Ledger(ledger_path(cfg.data_dir), readonly=True) as led:
         kinds = [(e.kind, e.as_dict()[f"{ev_mod.NS}:by"]) for e in led.events() if e.kind in ev_mod.ALARM_KINDS]
     assert kinds[-2:] == [(ev_mod.ALARM_REMOVED, "maint"), (ev_mod.ALARM_RESTORED, "maint")]
+
+
+def test_alarms_left_active_by_a_killed_run_are_cleared_with_the_reason_on_restart(tmp_path):
+    from ingest.episodes import EpisodeOpened
+
+    cfg = Config(data_dir=tmp_path)
+    first = alarm_ops.AlarmFeed(cfg)
+    raised = [f for f in first([EpisodeOpened("p/l1/plc/weight", T0, int(Flag.SPEC_HIGH), "L0001")])
+              if not isinstance(f, EpisodeOpened)]
+    with Ledger(ledger_path(tmp_path)) as led:
+        led.append_many(alarm_ops.alarm_events(raised))
+    assert [v.state for v in alarm_ops.list_alarms(cfg)] == ["UNACK_ACTIVE"]  # ...and then the run was killed
+    with Ledger(ledger_path(tmp_path)) as led:
+        restarted = alarm_ops.AlarmFeed(cfg, ledger=led)
+        out = restarted([])
+        led.append_many(alarm_ops.alarm_events(out))
+    assert [(t.action, t.alarm.id) for t in out] == [(alarm_ops.Action.CLEAR, raised[0].alarm.id)]
+    assert "restarted" in out[0].comment
+    assert [v.state for v in alarm_ops.list_alarms(cfg)] == ["UNACK_RTN"]
+    assert restarted([]) == [] and restarted.close() == []
