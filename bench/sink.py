@@ -105,6 +105,7 @@ def main() -> None:
             "sink_readings_per_s": round(n / min(sink_s)),
             "write_table_readings_per_s": round(n / min(base_s)),
             "ratio_vs_write_table": round(min(base_s) / min(sink_s), 3),
+            "ratio_per_run": [round(b / s, 3) for b, s in zip(base_s, sink_s, strict=True)],
             "bytes_per_reading": round(disk / n, 2),
         }
         print(json.dumps(result))
