@@ -196,9 +196,9 @@ class MqttChannel:
     def send(self, t: Transition) -> None:
         if not self._connected.wait(10):
             raise TransportError(f"{self.name}: not connected to the broker (retrying in the background)")
-        info = self._client.publish(self.topic(t), json.dumps(payload(t), separators=(",", ":")), qos=1,
-                                    retain=True)
         try:
+            info = self._client.publish(self.topic(t), json.dumps(payload(t), separators=(",", ":")), qos=1,
+                                        retain=True)  # a name with + or # in it is refused as a topic here
             info.wait_for_publish(timeout=10)
         except (RuntimeError, ValueError) as exc:
             raise TransportError(f"{self.name}: {exc}") from None

@@ -194,3 +194,13 @@ def test_a_dead_channel_never_blocks_and_priorities_filter(hook_server):
     ids = [json.loads(b)["alarm"]["id"] for _, b in hook.seen]
     assert "a1" not in ids and "a3" not in ids  # low and medium are below the live hook's min_priority
     assert os.environ.get("QC_TEST_KEY") is None
+
+
+def test_a_sensor_name_that_cannot_be_a_topic_is_a_transport_error_not_a_crash(mosquitto):
+    ch = MqttChannel(MqttAlarmConfig(enabled=True, port=mosquitto))
+    bad = Alarm("x1", "plant1/line#1/plc1/w", "spec", "high", T0, "m")
+    try:
+        with pytest.raises(TransportError, match="mqtt"):
+            ch.send(Transition(bad, Action.RAISE, T0))
+    finally:
+        ch.close()
