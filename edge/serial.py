@@ -66,6 +66,7 @@ class SerialReader(Reader):
             fixed_lot(builder.streams, scope, lot)
         self._ser: serial.Serial | None = None
         self.frames = 0
+        self.frames_missed = 0
         self.reopens = 0
         self.outage = Outage(scope)
         self._last_ts: int | None = None
@@ -86,6 +87,7 @@ class SerialReader(Reader):
         """This reader's counters under their metric names (Prometheus has them too, labelled by port)."""
         return {"qctrace_edge_serial_frames_total": self.frames,
                 "qctrace_edge_serial_frames_rejected_total": sum(self.decoder.rejected.values()),
+                "qctrace_edge_serial_frames_missed_total": self.frames_missed,
                 "qctrace_edge_serial_garbage_bytes_total": self.decoder.garbage_bytes,
                 "qctrace_edge_serial_outages_total": self.outage.count,
                 "qctrace_edge_serial_reopens_total": self.reopens}
@@ -163,7 +165,11 @@ class SerialReader(Reader):
         if self.outage.active:
             self._end_outage(frames[0].ts_ms * 1_000_000, frames[0].seq)
         good = Quality.GOOD
+        prev = self._last_seq
         for f in frames:
+            if prev is not None and f.seq > prev + 1:
+                self.frames_missed += f.seq - prev - 1  # the logger's own count: frames that never arrived whole
+            prev = f.seq
             ts = f.ts_ms * 1_000_000
             for stream, value in zip(self._streams, (f.temperature, f.humidity, f.door_open, f.battery),
                                      strict=True):

@@ -155,6 +155,7 @@ async def test_unplugged_logger_is_reopened_the_outage_is_one_gap_and_readings_r
     assert "lost" in gap.reason and "logger frames 10..14 not received" in gap.reason
     c = reader.counters()
     assert c["qctrace_edge_serial_outages_total"] == 1 and c["qctrace_edge_serial_frames_total"] == 20
+    assert c["qctrace_edge_serial_frames_missed_total"] == 5  # by the logger's own frame numbers
 
 
 async def test_a_logger_still_unplugged_when_the_reader_stops_leaves_an_open_ended_gap(tmp_path):
@@ -182,9 +183,9 @@ async def test_bad_frames_are_counted_by_reason_and_logged_throttled_never_as_re
     tty.setraw(slave, termios.TCSANOW)
     out = _Collect()
     reader = _reader(os.ttyname(slave), out, warn_interval_s=60)
-    good = [_frame(s) for s in range(3)]
+    good = [_frame(s) for s in (0, 501, 502)]
     bad = bytearray()
-    for s in range(3, 503):  # 500 frames each with one body byte changed: CRC mismatch
+    for s in range(1, 501):  # 500 frames each with one body byte changed: CRC mismatch
         raw = bytearray(_frame(s)[0])
         raw[10] ^= 0x01
         bad += raw
@@ -203,6 +204,7 @@ async def test_bad_frames_are_counted_by_reason_and_logged_throttled_never_as_re
         os.close(slave)
     assert out.frames() == [g[1] for g in good]
     assert reader.rejected["crc"] == 500 and reader.rejected["device"] == 1
+    assert reader.frames_missed == 500  # the logger numbered them: the line destroyed 1..500
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serial.rejected")]
     assert 1 <= len(warnings) <= 2, warnings  # one summary (and the final one at close), not 501 lines
     assert sum(int(w.split("crc=")[1].split()[0]) for w in warnings if "crc=" in w) == 500
