@@ -12,10 +12,13 @@ import logging
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from dashboard import data, session
-from qctrace import ledger_ops
 from qctrace.config import Config
+
+if TYPE_CHECKING:
+    from qctrace import ledger_ops
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ def acknowledge(alarm_id: str, comment: str = "") -> object:
 
 
 def hold(lot: str, reason: str) -> int:
+    from qctrace import ledger_ops
+
     user = session.act("hold")
     idx = ledger_ops.hold(_cfg(), lot, user.name, reason)
     log.info("dashboard.hold lot=%s user=%s event=%d", lot, user.name, idx)
@@ -54,6 +59,8 @@ def hold(lot: str, reason: str) -> int:
 
 
 def recall(lot: str, reason: str) -> ledger_ops.RecallReport:
+    from qctrace import ledger_ops
+
     user = session.act("recall")
     report = ledger_ops.recall(_cfg(), lot, user.name, reason)
     log.info("dashboard.recall lot=%s user=%s event=%d", lot, user.name, report.event_idx)
@@ -66,6 +73,8 @@ def export(kind: str, lot: str) -> tuple[str, bytes, str]:
     Exports only read the ledger, but they are evidence handed to outsiders, so they need the
     trace permission at the moment they are made.
     """
+    from qctrace import ledger_ops
+
     session.act("export")
     cfg = _cfg()
     with tempfile.TemporaryDirectory(prefix="qctrace-export-") as tmp:
@@ -86,5 +95,7 @@ def export(kind: str, lot: str) -> tuple[str, bytes, str]:
 
 def verify(progress: ledger_ops.Progress) -> ledger_ops.AuditReport:
     """The full verification `qctrace verify` runs (chain, Merkle, checkpoints, anchors, Parquet files)."""
+    from qctrace import ledger_ops
+
     session.act("verify")
     return ledger_ops.verify(_cfg(), progress=progress)

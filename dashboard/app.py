@@ -9,7 +9,9 @@ Pages live in ``views/`` (not ``pages/``, which Streamlit would also pick up on 
 
 from __future__ import annotations
 
+import importlib
 import sys
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -27,6 +29,28 @@ PAGES = (  # (key in auth.PAGES, file, title, icon)
 )
 
 
+@st.cache_resource(show_spinner=False)
+def _warm_up(readings: str) -> threading.Thread:
+    """Once per server: import the pages' heavy libraries and read the Parquet footers in the
+    background while the first user logs in, so their first page does not pay for it."""
+
+    def run() -> None:
+        import pandas as pd
+
+        from dashboard import catalog, charts
+
+        for name in ("qctrace.alarm_ops", "qctrace.ledger_ops"):
+            importlib.import_module(name)
+        # Plotly loads its validators on first use (about a second): draw one throwaway chart.
+        charts.control_chart(pd.DataFrame({"ts": pd.to_datetime([0, 1], utc=True), "value": [1.0, 2.0],
+                                           "flags": [0, 4]}), "warm-up", 0.0, 3.0).to_json()
+        catalog.files(Path(readings))
+
+    t = threading.Thread(target=run, name="dashboard-warm-up", daemon=True)
+    t.start()
+    return t
+
+
 def main() -> None:
     st.set_page_config(page_title="qctrace", layout="wide")
     args = data.parse_args(sys.argv[1:])
@@ -37,6 +61,7 @@ def main() -> None:
     except ConfigError as exc:
         st.error(ui.md_escape(str(exc)))
         st.stop()
+    _warm_up(str(data.readings_root()))
     user = session.current_user()
     if user is None:
         st.navigation([st.Page(session.login_form, title="Log in", url_path="login", icon=":material/login:")],

@@ -426,6 +426,17 @@ def checkpoints(data: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["size", "origin", "root (base64)", "chain", "block", "tx"])
 
 
+ALARM_TTL_S = 2.0
+
+
+@st.cache_data(ttl=ALARM_TTL_S, show_spinner=False)
+def alarms(data: str, config: str | None) -> list:
+    """``alarm_ops.list_alarms`` (state replayed from the ledger, read-only), shared by every open tab."""
+    from qctrace import alarm_ops
+
+    return alarm_ops.list_alarms(load_config(config).with_overrides(data_dir=Path(data)))
+
+
 # ---------------------------------------------------------------- cold chain
 
 @dataclass(frozen=True, slots=True)

@@ -94,9 +94,8 @@ def alarm_list(user: auth.User) -> None:
         else:
             st.dataframe(episodes.iloc[::-1], hide_index=True, key="episodes")
         return
-    cfg = actions._cfg()
     try:
-        alarms = ops.list_alarms(cfg, active_only=False)
+        alarms = data.alarms(str(data.data_dir()), data.config_path())
     except QctraceError as exc:
         st.error(f"Alarms unavailable: {ui.md_escape(str(exc))}")
         return
@@ -124,6 +123,7 @@ def alarm_list(user: auth.User) -> None:
         except QctraceError as exc:
             st.error(ui.md_escape(str(exc)), icon=":material/block:")
             return
+        data.alarms.clear()
         st.success(f"Acknowledged by {ui.md_escape(user.name)}: now {ui.md_escape(view.state)}")
 
 
