@@ -168,6 +168,30 @@ class CapabilityRow:
     cap: Capability
 
 
+@dataclass(frozen=True, slots=True)
+class LineCapability:
+    """A line's capability is that of its weakest characteristic: sensors measure different things
+    in different units, so their readings are never pooled; the line is as capable as its lowest Cpk."""
+
+    line: str
+    sensors: int
+    weakest_cpk_sensor: str
+    cpk: float | None
+    weakest_ppk_sensor: str
+    ppk: float | None
+
+
+def line_capability(rows: Sequence[CapabilityRow]) -> list[LineCapability]:
+    """Per line, from the per-sensor rows over all readings (``lot`` None)."""
+    out = []
+    for line in sorted({r.line for r in rows if r.lot is None}):
+        mine = [r for r in rows if r.line == line and r.lot is None]
+        by_cpk = min(mine, key=lambda r: math.inf if r.cap.cpk is None else r.cap.cpk)
+        by_ppk = min(mine, key=lambda r: math.inf if r.cap.ppk is None else r.cap.ppk)
+        out.append(LineCapability(line, len(mine), by_cpk.sensor, by_cpk.cap.cpk, by_ppk.sensor, by_ppk.cap.ppk))
+    return out
+
+
 def limits_of(detect: DetectConfig, key: str) -> tuple[float | None, float | None]:
     """A sensor's specification limits: lsl/usl, else a cold-chain band; (None, None) when it has none."""
     r = detect.resolve(key)

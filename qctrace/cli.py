@@ -663,7 +663,7 @@ def report(lot: str, fmt: str, out: Path | None, config_path: Path | None, data_
 def capability(lot: str | None, confidence: float, config_path: Path | None, data_dir: Path | None) -> None:
     """Process capability of every sensor with specification limits, per line, per sensor and per lot,
     and the first-pass yield of each lot (see ingest/capability.py for the definitions)."""
-    from ingest.capability import capability_rows, first_pass_yield, lot_yields
+    from ingest.capability import capability_rows, first_pass_yield, line_capability, lot_yields
     from qctrace.ledger_ops import READINGS_DIR
 
     cfg = _load(config_path, data_dir)
@@ -677,10 +677,14 @@ def capability(lot: str | None, confidence: float, config_path: Path | None, dat
 
     click.echo(f"{'sensor':<36} {'lot':<20} {'n':>7} {'Cp':>6} {'Cp CI':>11} {'Cpk':>6} {'Cpk CI':>11}"
                f" {'Pp':>6} {'Ppk':>6}")
-    for r in capability_rows(root, cfg.detect, lot=lot, confidence=confidence):
+    rows = capability_rows(root, cfg.detect, lot=lot, confidence=confidence)
+    for r in rows:
         c = r.cap
         click.echo(f"{r.sensor:<36} {r.lot or '(all)':<20} {c.n:>7} {f(c.cp):>6} {ci(c.cp_ci):>11} {f(c.cpk):>6}"
                    f" {ci(c.cpk_ci):>11} {f(c.pp):>6} {f(c.ppk):>6}")
+    for lc in line_capability(rows):
+        click.echo(f"line {lc.line}: Cpk {f(lc.cpk)} (weakest: {lc.weakest_cpk_sensor}), Ppk {f(lc.ppk)}"
+                   f" (weakest: {lc.weakest_ppk_sensor}), {lc.sensors} sensors with limits")
     yields = lot_yields(root, cfg.detect, lot=lot)
     for line in sorted({y.line for y in yields}):
         ys = [y for y in yields if y.line == line]

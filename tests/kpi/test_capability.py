@@ -71,3 +71,16 @@ def test_first_pass_yield_counts_lots_with_nothing_to_recheck():
     assert first_pass_yield(lots) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="nonconforming"):
         lot_yield("D", "p/l1", 5, 6)
+
+
+def test_a_line_is_as_capable_as_its_weakest_sensor():
+    from ingest.capability import CapabilityRow, line_capability
+
+    rng = np.random.default_rng(5)
+    wide = capability(rng.normal(10, 0.5, 500), 7.0, 13.0)
+    tight = capability(rng.normal(10, 1.0, 500), 7.0, 13.0)
+    rows = [CapabilityRow("p/l1", "p/l1/a/x", None, wide), CapabilityRow("p/l1", "p/l1/a/y", None, tight),
+            CapabilityRow("p/l1", "p/l1/a/y", "LOT1", wide), CapabilityRow("p/l2", "p/l2/a/x", None, wide)]
+    got = {lc.line: lc for lc in line_capability(rows)}
+    assert set(got) == {"p/l1", "p/l2"}
+    assert (got["p/l1"].weakest_cpk_sensor, got["p/l1"].cpk, got["p/l1"].sensors) == ("p/l1/a/y", tight.cpk, 2)
