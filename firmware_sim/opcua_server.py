@@ -22,7 +22,7 @@ trust list); optionally username/password (then anonymous logins are refused).
 Like a real PLC, the server enforces what it advertises: the OperationLimits under
 ``Server/ServerCapabilities`` (a Read of more than MaxNodesPerRead nodes is refused with
 ``BadTooManyOperations``; ``read_sizes`` keeps the size of every Read it served), and it keeps
-an in-memory history of each tag (``history`` samples), so a client can read back an outage with
+an in-memory history of each tag (``history`` samples, bounded per server), so a client can read back an outage with
 HistoryRead. A restarted server starts with an empty history, as a PLC whose history lives in RAM.
 """
 
@@ -114,14 +114,16 @@ class LinePlcServer:
     """One asyncua server exposing the given tags; values pushed with ``write``. Restartable."""
 
     def __init__(self, streams: list[Stream], host: str, port: int, security: ServerSecurity | None = None,
-                 max_nodes_per_call: int = 1000, history: int = 600) -> None:
+                 max_nodes_per_call: int = 1000, history: int = 600, history_budget: int = 60_000) -> None:
         self.streams = [s for s in streams if s.kind == "opcua"]
         self.host = host
         self.port = port or free_port(host)
         self.endpoint = f"opc.tcp://{host}:{self.port}/qctrace/"
         self.security = security or ServerSecurity()
         self.max_nodes_per_call = max_nodes_per_call
-        self.history = history
+        # Samples kept per tag: ``history``, but at most ``history_budget`` per server in all, as a
+        # PLC's RAM bounds it (4 tags keep 10 minutes at 1 Hz, 1,000 tags one minute).
+        self.history = min(history, max(10, history_budget // max(1, len(self.streams)))) if history else 0
         self.read_sizes: list[int] = []
         self.create_sizes: list[int] = []  # monitored items per CreateMonitoredItems call
         self._server: Server | None = None
