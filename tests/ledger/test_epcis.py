@@ -50,6 +50,10 @@ def every_constructor() -> list[dict]:
         events.lot_released([lot], "ann", "lab result fine", T0 + 9 * S),
         events.lot_recalled([lot], "ann", "supplier recall", T0 + 10 * S,
                             scope={"shipments": ["SH-1"], "customers": ["grocer"]}),
+        *(events.alarm_event(kind, {"id": "a1b2", "sensor": "plant1/line1/oven/temp", "rule": "spec",
+                                    "priority": "high", "state": "UNACK_ACTIVE"}, "ann", T0 + 11 * S,
+                             lot="B-0001" if kind == events.ALARM_RAISED else None, gtin=GTIN, comment="checked")
+          for kind in events.ALARM_KINDS),
     ]
 
 
@@ -124,9 +128,9 @@ def test_validation_lists_the_first_violations_with_their_json_paths():
     with pytest.raises(InvalidEvent) as exc:
         validate_document(doc, _STAND_IN)
     lines = str(exc.value).splitlines()
-    assert "(18 violation(s))" in lines[0]
+    assert "(25 violation(s))" in lines[0]  # 24 events without a type, one bad action
     assert lines[1:6] == [f"  $.epcisBody.eventList[{i}]: 'type' is a required property" for i in range(5)]
-    assert lines[6] == "  … and 13 more"
+    assert lines[6] == "  … and 20 more"
     validate_document({"epcisBody": {"eventList": [{"type": "ObjectEvent", "action": "ADD"}]}}, _STAND_IN)
 
 
