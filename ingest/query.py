@@ -18,12 +18,13 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ingest.commit_record import read_snapshot, state_dir_of
 from ingest.sink_kernels import group_rows, partition_order
@@ -36,7 +37,6 @@ SOURCE = "read_parquet($files, hive_partitioning = true, union_by_name = true)"
 RETRIES = 3
 THREADS = 2
 _TS = READING_SCHEMA.field("ts").type
-_HIVE = ds.HivePartitioning.discover(infer_dictionary=True)
 
 
 def snapshot_files(root: Path, lot: str | None = None, start_ns: int | None = None, end_ns: int | None = None,
@@ -128,6 +128,50 @@ def lot_mkt(root: Path, lot: str, delta_h: float = 83144.0) -> dict[str, float]:
     return out
 
 
+_COLUMNS = ["device", "sensor", "ts", "value", "quality", "flags", "seq", "lot", "recv_ts"]
+
+
+def _row_groups(md: pq.FileMetaData, lot: str | None, start_ns: int | None, end_ns: int | None) -> list[int]:
+    """Row groups whose statistics allow a row of ``lot`` within [start, end]. (pyarrow's dataset
+    scanner ignores statistics of dictionary-typed columns, so the pruning is done here.)"""
+    idx = {md.schema.column(i).name: i for i in range(md.num_columns)}
+    keep = []
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        st = rg.column(idx["lot"]).statistics if lot is not None else None
+        if st is not None and st.has_min_max and not (st.min <= lot <= st.max):
+            continue
+        st = rg.column(idx["ts"]).statistics if start_ns is not None or end_ns is not None else None
+        if st is not None and st.has_min_max and (
+                (start_ns is not None and st.max_raw < start_ns) or (end_ns is not None and st.min_raw > end_ns)):
+            continue
+        keep.append(g)
+    return keep
+
+
+def _read_pruned(root: Path, files: list[str], lot: str | None, start_ns: int | None, end_ns: int | None) -> pa.Table:
+    """The row groups of ``files`` that may hold matching rows, with ``site``/``line`` from the path
+    as dictionary columns (nothing spelt out per row)."""
+    parts = []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+            groups = _row_groups(pf.metadata, lot, start_ns, end_ns)
+            if not groups:
+                continue
+            t = pf.read_row_groups(groups, columns=_COLUMNS)
+        except (OSError, pa.ArrowInvalid) as exc:
+            _raise_if_damaged([f], RuntimeError(f"{f}: {exc}"))
+            raise  # gone: retired past its grace period; the caller takes a fresh snapshot
+        where = dict(p.split("=", 1) for p in Path(f).relative_to(root).parent.parts if "=" in p)
+        zeros = pa.array(np.zeros(t.num_rows, dtype=np.int32))
+        consts = [pa.DictionaryArray.from_arrays(zeros, pa.array([unquote(where[k])])) for k in ("site", "line")]
+        parts.append(pa.table([*consts, *t.columns], names=["site", "line", *t.column_names]))
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
 def select_readings(root: Path, lot: str | None = None, sensor: str | None = None, start: str | None = None,
                     end: str | None = None) -> pa.Table:
     """Readings of a lot and/or a sensor (a glob on ``site/line/device/sensor``) within [start, end]
@@ -136,7 +180,7 @@ def select_readings(root: Path, lot: str | None = None, sensor: str | None = Non
     Bulk rows rather than an aggregate, so they are read with pyarrow rather than DuckDB: the text
     columns stay dictionary-encoded end to end (DuckDB would spell out every row's strings, most of
     the time of a 600,000-row lot), the commit record's lot index picks the files and the row
-    groups' lot and time statistics the row groups (files are sorted lot first), and the result is
+    groups' lot and time statistics the row groups (files are sorted lot first; ``_row_groups``), and the result is
     put in order by the sink's counting-sort kernel, which finds it already sorted in the usual
     case of a lot inside one file.
     """
@@ -151,9 +195,9 @@ def select_readings(root: Path, lot: str | None = None, sensor: str | None = Non
         if not files:
             return pa.table({})
         try:
-            table = ds.dataset(files, format="parquet", partitioning=_HIVE, partition_base_dir=str(root)).to_table(
-                columns=["site", "line", "device", "sensor", "ts", "value", "quality", "flags", "seq", "lot",
-                         "recv_ts"], filter=cond)
+            table = _read_pruned(root, files, lot, start_ns, end_ns)
+            if cond is not None and table.num_rows:
+                table = table.filter(cond)
             break
         except (OSError, pa.ArrowInvalid) as exc:
             _raise_if_damaged(files, exc)
