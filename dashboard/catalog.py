@@ -9,7 +9,6 @@ few files of a line, never the whole dataset, however large it grows.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +140,3 @@ def newest_commit_ns(data_dir: Path) -> int | None:
         return rec.stat().st_mtime_ns
     except FileNotFoundError:
         return None
-
-
-def committed_files(data_dir: Path) -> int:
-    """How many files the commit record names (0 when there is none or it cannot be read)."""
-    try:
-        return len(json.loads((data_dir / "ingest" / "commit.json").read_text()).get("files", []))
-    except (OSError, ValueError):
-        return 0

@@ -395,14 +395,6 @@ def lot_proof(data: str, lot: str) -> Proof:
                            f" (tx {str(r['tx_hash'])[:14]}…)", True)
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointRow:
-    size: int
-    origin: str
-    root: str
-    anchored: str
-
-
 @st.cache_data(ttl=LEDGER_TTL_S, show_spinner=False)
 def checkpoints(data: str) -> pd.DataFrame:
     """Every signed checkpoint (size, origin, root) with its anchor receipt, newest first."""

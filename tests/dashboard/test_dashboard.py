@@ -458,3 +458,26 @@ def test_primary_rule_prefers_spec_over_statistics():
     assert charts.primary_rule(int(Flag.EWMA_Z | Flag.SPEC_HIGH)) == "SPEC_HIGH"
     assert charts.primary_rule(int(Flag.CUSUM_LOW)) == "CUSUM_LOW"
     assert "SPEC_HIGH: above the upper spec limit" in charts.explain(int(Flag.SPEC_HIGH | Flag.EWMA_Z))
+
+
+def test_admin_navigates_every_page_from_the_entry_script(demo_dir):
+    at = _run(DASHBOARD / "app.py", demo_dir, ADMIN)
+    assert [t.value for t in at.title] == ["Line quality"]
+    for script, title in (("views/cold_chain.py", "Cold chain"), ("views/lot_trace.py", "Trace"),
+                          ("views/ledger_view.py", "Ledger")):
+        at.switch_page(script).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert [t.value for t in at.title] == [title]
+    _button(at, "logout").click().run()
+    assert "user" not in at.session_state and "Log in" in _texts(at, "subheader")
+
+
+def test_a_hold_without_a_reason_is_refused_with_a_clear_error_and_writes_nothing(demo_copy):
+    lot = _lot_with_everything(demo_copy)
+    at = _run(VIEWS / "lot_trace.py", demo_copy, COMPLIANCE)
+    at.selectbox(key="lt_lot").set_value(lot).run()
+    n = len(Ledger(demo_copy / "ledger.sqlite", readonly=True))
+    at.text_input(key="hold_reason").set_value("   ")
+    next(b for b in at.button if b.label == "Put lot on hold").click().run()
+    assert f"hold of lot {lot}: say why (the reason is recorded in the ledger)" in _plain(at, "error")
+    assert len(Ledger(demo_copy / "ledger.sqlite", readonly=True)) == n
