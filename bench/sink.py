@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -107,6 +108,7 @@ def main() -> None:
             "ratio_vs_write_table": round(min(base_s) / min(sink_s), 3),
             "ratio_per_run": [round(b / s, 3) for b, s in zip(base_s, sink_s, strict=True)],
             "bytes_per_reading": round(disk / n, 2),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(result))
     finally:
