@@ -7,9 +7,10 @@ late reading is kept and lands in the partition of its own source time.
 
 Commit protocol (one sink per dataset; the compactor and retention may change the record too):
 
-1. Rows are ordered by (partition, sensor, ts) with a counting-sort kernel (``ingest.sink_kernels``);
-   each partition is encoded to Parquet in memory, hashed (SHA-256) and written to
-   ``.<name>.tmp`` beside its final name, and fsynced.
+1. Rows are ordered by partition, then (lot, device, sensor, ts) (``sort_order``: a counting-sort
+   kernel in ``ingest.sink_kernels``); each partition is encoded to Parquet in memory, hashed (SHA-256) and written to
+   ``.<name>.tmp`` beside its final name, and fsynced (in a helper thread, overlapping the next
+   partition's encoding).
 2. The commit lock is taken (``ingest.commit_record.locked``).
 3. Each temporary file is renamed to its final ``part-*.parquet`` name; each directory is fsynced.
 4. The commit record (files with rows, SHA-256, lots and time bounds; committed seq intervals per
