@@ -37,6 +37,7 @@ class Link(abc.ABC):
     """The next hop toward ingest: sends payloads, delivers commit acknowledgements to ``on_ack``."""
 
     on_ack: Callable[[Iterable[int]], None] | None = None  # set by the forwarder; called on the event loop
+    on_peer_online: Callable[[], None] | None = None  # an ingest worker (re)started
 
     @abc.abstractmethod
     async def send(self, payload: bytes, topic_hint: str) -> None:
@@ -71,6 +72,7 @@ class Forwarder:
         self._hints: dict[int, str] = {}
         self._pending_markers: list[Gap] = []
         link.on_ack = self.acked
+        link.on_peer_online = self.resend_now
         spool.on_drop = self._dropped
         self._unsent = list(spool.pending())  # after a restart: everything still spooled goes again
         if self._unsent:
@@ -106,6 +108,14 @@ class Forwarder:
         self.stats.acked += n
         if n:
             self._space.set()
+            self._wake.set()
+
+    def resend_now(self) -> None:
+        """Treat everything in flight as unacknowledged-for-too-long: it goes again on the next pump."""
+        if self._inflight:
+            log.info("forward.resend_now node=%s records=%d", self.node, len(self._inflight))
+            for rid in self._inflight:
+                self._inflight[rid] = -1e18
             self._wake.set()
 
     def _dropped(self, payloads: list[bytes]) -> None:

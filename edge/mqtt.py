@@ -17,6 +17,7 @@ more than that many messages in flight to a slow worker: the rest waits in the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -133,11 +134,19 @@ class MqttLink(Link):
 
     async def start(self) -> MqttLink:
         self._conn = _Connection(self.cfg, f"qctrace-edge-{self.node}", f"{self.cfg.prefix}/_edge/{self.node}/state",
-                                 [f"{self.cfg.prefix}/_ack/{self.node}"], self._on_message)
+                                 [f"{self.cfg.prefix}/_ack/{self.node}", f"{self.cfg.prefix}/_ingest/+/state"],
+                                 self._on_message)
         await self._conn.start()
         return self
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/state"):
+            # An ingest worker (re)started: what it held uncommitted when it died will never be
+            # acknowledged, so send everything in flight again now instead of after the timeout.
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(msg.payload).get("state") == "online" and self.on_peer_online is not None:
+                    self._conn.loop.call_soon_threadsafe(self.on_peer_online)
+            return
         try:
             rids = [int(r) for r in json.loads(msg.payload)]
         except (ValueError, TypeError):

@@ -17,8 +17,8 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ledger.anchor import AnchorReceipt, Chain
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.events import DATA_COMMITTED, NS
 from ledger.note import Verifier
@@ -26,6 +26,9 @@ from ledger.publish import anchor_files, anchor_payload, checkpoint_files
 from ledger.store import Ledger
 from qctrace.durable import sha256_file
 from qctrace.errors import AnchorMismatch, BadSignature, DataFileChanged, RolledBack, RootMismatch
+
+if TYPE_CHECKING:  # web3 costs ~1 s to import; only anchoring needs it
+    from ledger.anchor import Chain
 
 Progress = Callable[[str, int, int], None]
 
@@ -101,6 +104,8 @@ def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir:
             if cp is None:
                 raise AnchorMismatch(f"anchor of size {size}: no signed checkpoint of that size to match it",
                                      index=None)
+            from ledger.anchor import AnchorReceipt
+
             chain.verify(AnchorReceipt.from_dict(data), anchor_payload(cp.to_text()))
         report.anchors = len(receipts)
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ledger.anchor import AnchorReceipt, Chain
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.note import Signer
 from ledger.store import Ledger
 from qctrace.durable import atomic_write
 from qctrace.errors import LedgerError
+
+if TYPE_CHECKING:  # web3 costs ~1 s to import; only anchoring needs it
+    from ledger.anchor import AnchorReceipt, Chain
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTable
-from edge.forward import Forwarder
-from edge.spool import Spool
 from edge.transport import InProcessLink
 from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
 from ingest import Ingest, read_dataset
@@ -44,6 +42,7 @@ from qctrace.ledger_ops import (
     ledger_path,
     open_anchor_chain,
 )
+from qctrace.processes import make_forwarder, open_spool
 from qctrace.provenance import Provenance
 from qctrace.schema import source_keys
 
@@ -117,12 +116,6 @@ class _Child:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
-
-
-def open_spool(cfg: Config, data_dir: Path) -> Spool:
-    sp = cfg.spool
-    return Spool(data_dir / "edge" / "spool", max_bytes=int(sp.max_mb * 2**20),
-                 segment_bytes=int(sp.segment_mb * 2**20), policy=sp.policy, fsync=sp.fsync)
 
 
 def _sim_certs(data_dir: Path, endpoint: str) -> tuple[Path, ...]:
@@ -218,7 +211,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     ingest = Ingest(data_dir, cfg.detect, cfg.sink, record)
     link = InProcessLink()
     spool = open_spool(cfg, data_dir)
-    forwarder = Forwarder(cfg.edge.node, spool, link, window=cfg.spool.window, resend_after_s=cfg.spool.resend_after_s)
+    forwarder = make_forwarder(cfg, spool, link)
     receiver = Receiver(ingest, link.ack, data_dir / "quarantine")
     streams = StreamTable()
     seqs = SeqAllocator(data_dir / "edge" / "seq.json")

@@ -692,6 +692,43 @@ def capability(lot: str | None, confidence: float, config_path: Path | None, dat
                    f" {len(ys)} lots with no flagged or out-of-specification reading)")
 
 
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@_data_dir_option
+@_errors
+def edge(config_path: Path, data_dir: Path | None) -> None:
+    """Run this machine's edge node: read its PLCs and loggers, spool, forward over MQTT.
+
+    Reads the OPC UA servers in edge.opcua_endpoints and the ports in [[edge.serial.devices]];
+    every batch is written to the spool under DATA_DIR/edge/NODE before it is sent, and leaves it
+    only when ingest has committed it. Stop with Ctrl-C or SIGTERM: what is not yet committed
+    stays spooled and is sent on the next start.
+    """
+    from qctrace.processes import run_edge
+
+    cfg = _load(config_path, data_dir)
+    asyncio.run(run_edge(cfg, say=click.echo))
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@_data_dir_option
+@click.option("--worker", default="w1", show_default=True,
+              help="This worker's name: its MQTT client id. Workers of one group share the load.")
+@_errors
+def ingest(config_path: Path, data_dir: Path | None, worker: str) -> None:
+    """Run an ingest worker: MQTT payloads → detection → Parquet and the ledger.
+
+    Subscribes to the shared subscription $share/GROUP/PREFIX/+/+/+/readings, commits readings
+    to DATA_DIR/readings and acknowledges each batch to its edge node only after the commit.
+    Payloads it cannot decode go to DATA_DIR/quarantine with the reason.
+    """
+    from qctrace.processes import run_ingest
+
+    cfg = _load(config_path, data_dir)
+    asyncio.run(run_ingest(cfg, worker, say=click.echo))
+
+
 @alarms.command("out-of-service")
 @click.argument("alarm_id")
 @_by_option

@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ledger import Ledger
-from ledger.anchor import AnchorReceipt, Chain, open_chain
 from ledger.audit import AuditReport, Progress, verify_ledger
 from ledger.bundle import BundleSummary
 from ledger.keys import SIGNER_FILE, init_keys, load_signer, load_verifiers
@@ -27,6 +27,9 @@ from ledger.trace import Trace, describe, trace
 from qctrace.config import Config
 from qctrace.durable import atomic_write
 from qctrace.errors import LedgerError
+
+if TYPE_CHECKING:  # web3 costs ~1 s to import; only anchoring needs it
+    from ledger.anchor import AnchorReceipt, Chain
 
 LEDGER_FILE = "ledger.sqlite"
 READINGS_DIR = "readings"
@@ -62,6 +65,8 @@ def ensure_keys(cfg: Config) -> None:
 def open_anchor_chain(cfg: Config) -> Chain:
     a = cfg.ledger.anchor
     key = os.environ.get(a.private_key_env) if a.rpc_url else None
+    from ledger.anchor import open_chain
+
     return open_chain(a.rpc_url or None, chain_dir(cfg.data_dir), key, timeout=a.timeout_s)
 
 

@@ -1,0 +1,169 @@
+"""Edge and ingest as separate, long-running processes joined by MQTT (`qctrace edge`, `qctrace ingest`).
+
+Each runs until SIGINT/SIGTERM, then shuts down in the order that loses nothing: the edge stops
+its readers (their buffers go to the spool), sends what it can and leaves the rest in the spool
+for its next start; ingest commits what it holds, which acknowledges it to the edges.
+A kill -9 of either is survivable the same way, only with more resending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge import BatchBuilder, OpcUaReader, SeqAllocator, StreamTable
+from edge.forward import Forwarder
+from edge.mqtt import MqttLink, MqttSource
+from edge.serial import serial_readers
+from edge.spool import Spool
+from firmware_sim.scenario import load_scenario
+from ingest import Ingest
+from ingest.detect import warm_up
+from ingest.receiver import Receiver
+from ledger import Ledger
+from qctrace.config import Config
+from qctrace.errors import ConfigError
+from qctrace.ledger_ops import Checkpointer, ensure_keys, ledger_path
+from qctrace.provenance import Provenance
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+
+def open_spool(cfg: Config, data_dir: Path) -> Spool:
+    sp = cfg.spool
+    return Spool(data_dir / "edge" / cfg.edge.node / "spool", max_bytes=int(sp.max_mb * 2**20),
+                 segment_bytes=int(sp.segment_mb * 2**20), policy=sp.policy, fsync=sp.fsync)
+
+
+def make_forwarder(cfg: Config, spool: Spool, link) -> Forwarder:
+    return Forwarder(cfg.edge.node, spool, link, window=cfg.spool.window, resend_after_s=cfg.spool.resend_after_s)
+
+
+def build_readers(cfg: Config, data_dir: Path, publish, endpoints: tuple[str, ...],
+                  trusted: Callable[[str], tuple[Path, ...]] = lambda e: ()) -> tuple[list, StreamTable]:
+    """Every reader of this edge node: one per OPC UA endpoint, one per serial port."""
+    e = cfg.edge
+    streams = StreamTable()
+    seqs = SeqAllocator(data_dir / "edge" / e.node / "seq.json")
+    readers: list = [
+        OpcUaReader(endpoint, BatchBuilder(streams, seqs), publish, publishing_interval_ms=e.publishing_interval_ms,
+                    queue_size=e.queue_size, batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s,
+                    opts=e.opcua, data_dir=data_dir, trusted_certs=trusted(endpoint))
+        for endpoint in endpoints
+    ]
+    readers += serial_readers(e.serial, streams, seqs, publish, batch_max_rows=e.batch_max_rows,
+                              batch_max_age_s=e.batch_max_age_s)
+    return readers, streams
+
+
+@dataclass
+class IngestParts:
+    ingest: Ingest
+    ledger: Ledger
+    checkpointer: Checkpointer
+
+
+def build_ingest(cfg: Config, data_dir: Path, on_facts: Callable[[list], list] = lambda f: f) -> IngestParts:
+    """Ingest wired to the ledger: facts → (alarms, via ``on_facts``) → EPCIS events → signed checkpoints."""
+    provenance = Provenance.of(load_scenario(cfg.plant.scenario))
+    warm_up()
+    ensure_keys(cfg)
+    ledger = Ledger(ledger_path(data_dir))
+    checkpointer = Checkpointer(cfg, ledger)
+
+    def record(facts: list) -> None:
+        ledger.append_many(provenance.events_for(on_facts(facts)))
+        checkpointer.maybe()
+
+    return IngestParts(Ingest(data_dir, cfg.detect, cfg.sink, record), ledger, checkpointer)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event | None = None,
+                   report_every_s: float = 10.0) -> Forwarder:
+    """Read every configured device and forward over MQTT until stopped."""
+    if not cfg.edge.opcua_endpoints and not cfg.edge.serial.devices:
+        raise ConfigError("edge: nothing to read: set edge.opcua_endpoints and/or [[edge.serial.devices]]")
+    data_dir = cfg.data_dir.resolve()
+    stop = stop or _stop_on_signals()
+    spool = open_spool(cfg, data_dir)
+    link = await MqttLink(cfg.mqtt, cfg.edge.node).start()
+    fwd = make_forwarder(cfg, spool, link)
+    readers, _ = build_readers(cfg, data_dir, fwd.publish, cfg.edge.opcua_endpoints)
+    fwd_stop = asyncio.Event()
+    fwd_task = asyncio.create_task(fwd.run(fwd_stop))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for r in readers:
+                await stack.enter_async_context(r)
+            say(f"edge {cfg.edge.node}: {len(readers)} readers open → mqtt://{cfg.mqtt.host}:{cfg.mqtt.port};"
+                f" spool {spool.dir} ({spool.depth} records waiting)")
+            reader_stop = asyncio.Event()
+            tasks = [asyncio.create_task(r.run(reader_stop)) for r in readers]
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), report_every_s)
+                for t in [*tasks, fwd_task]:
+                    if t.done():
+                        t.result()
+                s = fwd.stats
+                say(f"  spooled {s.published}  sent {s.sent}  resent {s.resent}  committed {s.acked}"
+                    f"  waiting {spool.depth}  oldest {spool.oldest_age_s():.0f} s")
+            reader_stop.set()
+            await asyncio.gather(*tasks)
+        fwd_stop.set()
+        await fwd_task
+        await fwd.drain(timeout_s=10.0)
+    finally:
+        fwd_task.cancel()
+        await link.close()
+        spool.close()
+    say(f"edge {cfg.edge.node} stopped; {spool.depth} records stay spooled for the next start")
+    return fwd
+
+
+async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: asyncio.Event | None = None,
+                     report_every_s: float = 10.0) -> Ingest:
+    """Take payloads from the shared subscription, commit them, acknowledge them, until stopped."""
+    from qctrace.alarm_ops import AlarmFeed
+
+    data_dir = cfg.data_dir.resolve()
+    stop = stop or _stop_on_signals()
+    feed = AlarmFeed(cfg)
+    parts = build_ingest(cfg, data_dir, feed)
+    source = await MqttSource(cfg.mqtt, worker).start()
+    receiver = Receiver(parts.ingest, source.ack, data_dir / "quarantine")
+    say(f"ingest {worker}: {source.subscription} → {data_dir}")
+    task = asyncio.create_task(parts.ingest.run(receiver.items(source.receive())))
+    t0 = time.monotonic()
+    try:
+        while not stop.is_set() and not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), report_every_s)
+            st = parts.ingest.stats
+            say(f"  {time.monotonic() - t0:6.0f} s  readings {st.readings_in}  committed"
+                f" {parts.ingest.sink.rows_committed}  duplicates {st.duplicates}  quarantined {receiver.quarantined}")
+    finally:
+        await source.close()
+        await task
+        parts.ledger.append_many(Provenance.of(load_scenario(cfg.plant.scenario)).events_for(feed.close()))
+        parts.checkpointer.now()
+        parts.ledger.close()
+    say(f"ingest {worker} stopped: {parts.ingest.stats.readings_in} readings in,"
+        f" {parts.ingest.sink.rows_committed} committed")
+    return parts.ingest
