@@ -179,7 +179,9 @@ class AlarmFeed:
 
     Episodes and gaps become conditions; lot and other facts only move the data clock that
     confirms off-delayed clears (as does ``clock``, read whenever facts arrive, e.g. a committed
-    file every second). Transitions also go to ``notify`` (which must not block).
+    file every second). Transitions also go to ``notify`` (which must not block). ``ledger``: clear
+    the alarms a killed run left active; pass it only where one ingest owns every sensor (the demo),
+    never to one of several workers sharing a subscription (it would clear the others' alarms).
     """
 
     def __init__(self, cfg: Config, notify: Callable[[Transition], None] | None = None,

@@ -146,6 +146,7 @@ async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: 
     stop = stop or _stop_on_signals()
     feed = AlarmFeed(cfg)
     parts = build_ingest(cfg, data_dir, feed)
+    feed.clock = lambda: parts.ingest.now_ns  # alarm clears fall due on the data clock, not only on the next fact
     source = await MqttSource(cfg.mqtt, worker).start()
     receiver = Receiver(parts.ingest, source.ack, data_dir / "quarantine")
     say(f"ingest {worker}: {source.subscription} → {data_dir}")
