@@ -142,10 +142,31 @@ def _change(cfg: Config, alarm_id: str, action: Action, user: str, comment: str 
             hint = f"; did you mean {close[0]}?" if len(close) == 1 else "; `qctrace alarms list` shows the ids"
             raise AlarmError(f"no alarm {alarm_id!r} in {path}{hint}")
         after = apply(a, action, now, user, until_ns)
+        t = Transition(after, action, now, user, comment)
         if after is not a:
-            led.append_many(alarm_events([Transition(after, action, now, user, comment)]))
+            led.append_many(alarm_events([t]))
             log.info("alarms.%s id=%s by=%s", action.value, alarm_id, user)
+    if after is not a:
+        _tell_channels(cfg, t)
     return AlarmView.of(after, now)
+
+
+def _tell_channels(cfg: Config, t: Transition, timeout_s: float = 5.0) -> None:
+    """An operator's change goes to the same channels as the pipeline's (so a retained MQTT topic
+    never shows an acknowledged alarm as unacknowledged), waiting at most ``timeout_s``: the change
+    is already in the ledger, a slow channel only delays or loses its message."""
+    from qctrace.notify import Notifier
+
+    if not cfg.alarms.enabled:
+        return
+    try:
+        notifier = Notifier.from_config(cfg.alarms)
+    except QctraceError as exc:  # e.g. a secret file with loose permissions: the change stands, say why
+        log.warning("alarms.notify_unavailable error=%s", exc)
+        return
+    if notifier is not None:
+        notifier.submit(t)
+        notifier.close(timeout_s)
 
 
 def acknowledge(cfg: Config, alarm_id: str, user: str, comment: str = "") -> AlarmView:

@@ -204,3 +204,23 @@ def test_a_sensor_name_that_cannot_be_a_topic_is_a_transport_error_not_a_crash(m
             ch.send(Transition(bad, Action.RAISE, T0))
     finally:
         ch.close()
+
+
+def test_an_operators_acknowledgement_reaches_the_channels_too(hook_server, tmp_path):
+    from ledger import Ledger
+    from qctrace import alarm_ops
+    from qctrace.config import Config
+    from qctrace.ledger_ops import ledger_path
+
+    srv, hook = hook_server
+    hook.fail_first = 0
+    cfg = Config(data_dir=tmp_path, alarms=AlarmsConfig(
+        webhooks=(WebhookConfig(url=f"http://127.0.0.1:{srv.server_port}/"),)))
+    with Ledger(ledger_path(tmp_path)) as led:
+        led.append_many(alarm_ops.alarm_events([_t("high")]))
+    alarm_ops.acknowledge(cfg, "abc123", "ann", "seen it")
+    docs = [json.loads(b) for _, b in hook.seen]
+    assert [(d["kind"], d["by"], d["comment"], d["alarm"]["state"]) for d in docs] == [
+        ("alarm_acknowledged", "ann", "seen it", "ACK_ACTIVE")]
+    alarm_ops.acknowledge(cfg, "abc123", "bob")  # changes nothing: nothing sent
+    assert len(hook.seen) == 1
