@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest.query import snapshot_files
+
 _lock = threading.Lock()
 _facts: dict[tuple[str, int], PartFile] = {}
 
@@ -102,11 +104,12 @@ def _dict_chunks(col: pa.ChunkedArray) -> list[tuple[np.ndarray, list[str]]]:
 def files(root: Path) -> list[PartFile]:
     """Every committed file under ``root`` with its facts, oldest data first.
 
-    Files named in ``commit.json`` are not required: a file that is renamed but not yet in the
-    commit record holds rows ingest will also keep, so showing them a moment early is harmless.
+    The list comes from one snapshot of the commit record (``ingest.query.snapshot_files``), not a
+    glob: compaction leaves the files a merged file replaced on disk for a grace period, and a
+    glob would count their rows twice.
     """
     out = []
-    for p in root.glob("site=*/line=*/date=*/part-*.parquet"):
+    for p in map(Path, snapshot_files(root)):
         try:
             size = p.stat().st_size
         except FileNotFoundError:  # removed by sink recovery between the listing and now

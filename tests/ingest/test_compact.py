@@ -175,3 +175,13 @@ async def test_ingest_compacts_in_the_background_and_reports_the_new_files_as_fa
     assert sum(f.rows for f in files if not f.replaces) == 600  # every sink commit, then the merges
     assert _keys(read_dataset(tmp_path / "readings")) == [("s/l1/plc-l1", q) for q in range(600)]
     assert len(read_snapshot(tmp_path / "ingest").files) < 30
+
+
+def test_the_dashboard_catalog_does_not_count_files_waiting_out_their_grace_period(tmp_path):
+    from dashboard import catalog
+
+    _fill(tmp_path)
+    compact(tmp_path / "readings", tmp_path / "ingest", min_files=3, grace_s=600)
+    assert len(list((tmp_path / "readings").rglob("part-*.parquet"))) == 26  # 24 replaced files still there
+    listed = catalog.files(tmp_path / "readings")
+    assert len(listed) == 2 and sum(f.rows for f in listed) == 480
