@@ -144,9 +144,12 @@ class Forwarder:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    async def run(self, stop: asyncio.Event, tick_s: float = 0.05) -> None:
-        """Send, resend and persist the release watermark until ``stop``, then until nothing is unsent."""
+    async def run(self, stop: asyncio.Event, tick_s: float = 0.05, linger_s: float = 30.0) -> None:
+        """Send, resend and persist the release watermark until ``stop``; then go on (resending too)
+        until ingest has acknowledged everything or ``linger_s`` has passed. What is still spooled
+        then is sent on the next start."""
         last_save = time.monotonic()
+        give_up = None
         while True:
             while self._pending_markers:
                 await self.publish(self._pending_markers.pop(0))
@@ -155,14 +158,18 @@ class Forwarder:
             if now - last_save >= 1.0:
                 self.spool.save_state()
                 last_save = now
-            if stop.is_set() and not self._unsent:
-                break
+            if stop.is_set():
+                give_up = give_up or now + linger_s
+                if not self._unsent and (not self.spool.depth or now >= give_up):
+                    break
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), tick_s)
             except TimeoutError:
                 pass
         self.spool.save_state()
+        if self.spool.depth:
+            log.warning("forward.stopped node=%s unacknowledged=%d (kept in the spool)", self.node, self.spool.depth)
 
     async def _pump(self) -> None:
         if not self.link.up:

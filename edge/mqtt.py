@@ -141,6 +141,8 @@ class MqttLink(Link):
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("/state"):
+            if msg.retain:  # the state as it was before we subscribed, not a worker starting now
+                return
             # An ingest worker (re)started: what it held uncommitted when it died will never be
             # acknowledged, so send everything in flight again now instead of after the timeout.
             with contextlib.suppress(ValueError, TypeError, AttributeError):

@@ -106,7 +106,7 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
     fwd = make_forwarder(cfg, spool, link)
     readers, _ = build_readers(cfg, data_dir, fwd.publish, cfg.edge.opcua_endpoints)
     fwd_stop = asyncio.Event()
-    fwd_task = asyncio.create_task(fwd.run(fwd_stop))
+    fwd_task = asyncio.create_task(fwd.run(fwd_stop, linger_s=5.0))
     try:
         async with contextlib.AsyncExitStack() as stack:
             for r in readers:
