@@ -9,7 +9,9 @@ re-reads the record under the lock, so none overwrites another's change.
 ``retired`` lists files that left the file list (replaced by a compacted file, or dropped by
 retention) with the wall time they left it. They stay on disk for a grace period so that a
 reader still holding an older snapshot finds its files; maintenance deletes them afterwards
-(``ingest.compact.purge_retired``). A grace period rather than reader pins: readers are other
+(``ingest.compact.purge_retired``). ``unreported`` names compacted files whose ``data_committed``
+event may not be in the ledger yet (a crash between the record and the event): they are reported
+again until confirmed (``ingest.compact.confirm_reported``). A grace period rather than reader pins: readers are other
 processes (dashboard, CLI, any DuckDB user) that may die without unpinning, and a query that
 outlives the grace period gets an I/O error and retries on a fresh snapshot (``ingest.query``).
 """
@@ -81,6 +83,7 @@ class Snapshot:
     ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     retired: list[Retired] = field(default_factory=list)
+    unreported: list[str] = field(default_factory=list)  # compacted files the ledger may not know yet
 
     @property
     def hwm(self) -> dict[str, int]:
@@ -95,7 +98,7 @@ class Snapshot:
             "version": RECORD_VERSION, "schema_version": SCHEMA_VERSION, "generation": self.generation,
             "hwm": self.hwm, "ranges": {k: [list(p) for p in v] for k, v in sorted(self.ranges.items())},
             "extra": self.extra, "files": [f.to_dict() for f in self.files],
-            "retired": [asdict(r) for r in self.retired],
+            "retired": [asdict(r) for r in self.retired], "unreported": self.unreported,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -106,7 +109,8 @@ class Snapshot:
         else:  # version 1 kept a high-water mark only: everything up to it was seen
             ranges = {k: [(0, int(v))] for k, v in rec.get("hwm", {}).items() if int(v) >= 0}
         return cls(int(rec.get("generation", 0)), [CommittedFile.from_dict(f) for f in rec["files"]], ranges,
-                   rec.get("extra", {}), [Retired(**r) for r in rec.get("retired", ())])
+                   rec.get("extra", {}), [Retired(**r) for r in rec.get("retired", ())],
+                   list(rec.get("unreported", ())))
 
 
 def state_dir_of(root: Path) -> Path:

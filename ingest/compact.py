@@ -127,6 +127,29 @@ def _sweep(root: Path, state_dir: Path) -> None:
                 p.unlink()
 
 
+def unreported_files(state_dir: Path) -> list[CommittedFile]:
+    """Compacted files still in the dataset whose ledger event was never confirmed."""
+    snap = read_snapshot(state_dir)
+    if snap is None or not snap.unreported:
+        return []
+    want = set(snap.unreported)
+    return [f for f in snap.files if f.path in want]
+
+
+def confirm_reported(state_dir: Path, paths: list[str]) -> None:
+    """The ledger has these files' events: stop reporting them (and forget any no longer committed)."""
+    with locked(state_dir):
+        snap = read_snapshot(state_dir)
+        if snap is None or not snap.unreported:
+            return
+        current = {f.path for f in snap.files}
+        keep = [p for p in snap.unreported if p not in set(paths) and p in current]
+        if keep != snap.unreported:
+            snap.unreported = keep
+            snap.generation += 1
+            write_snapshot(state_dir, snap)
+
+
 def purge_retired(root: Path, state_dir: Path, grace_s: float, now: float | None = None) -> int:
     """Delete retired files whose grace period is over; returns how many."""
     now = time.time() if now is None else now
@@ -151,10 +174,12 @@ def purge_retired(root: Path, state_dir: Path, grace_s: float, now: float | None
 
 def compact(root: Path, state_dir: Path, min_files: int = 4, target_rows: int = 2_000_000, grace_s: float = 300.0,
             row_group_rows: int = ROW_GROUP_ROWS, progress: Progress | None = None,
-            on_files: Callable[[list[CommittedFile]], None] | None = None) -> CompactResult:
+            on_files: Callable[[list[CommittedFile]], None] | None = None, confirm: bool = True) -> CompactResult:
     """One compaction pass over the dataset: purge expired retired files, then merge every group
     ``plan`` finds. ``on_files`` hears each new file as soon as it is committed (the ledger's
-    ``data_committed`` event, naming what it replaces)."""
+    ``data_committed`` event, naming what it replaces), and files an earlier run committed but
+    never confirmed first. With ``confirm`` a file counts as reported once ``on_files`` returns;
+    without, the caller confirms (``confirm_reported``) when its ledger has the event."""
     res = CompactResult()
     try:
         with maintenance_lock(state_dir):
@@ -163,6 +188,9 @@ def compact(root: Path, state_dir: Path, min_files: int = 4, target_rows: int = 
                 p.unlink()
             _sweep(root, state_dir)
             res.purged = purge_retired(root, state_dir, grace_s)
+            if on_files and confirm and (late := unreported_files(state_dir)):
+                on_files(late)
+                confirm_reported(state_dir, [f.path for f in late])
             snap = read_snapshot(state_dir)
             groups = plan(snap, min_files, target_rows) if snap else []
             for k, group in enumerate(groups):
@@ -177,6 +205,8 @@ def compact(root: Path, state_dir: Path, min_files: int = 4, target_rows: int = 
                 res.rows += meta.rows
                 if on_files:
                     on_files([meta])
+                    if confirm:
+                        confirm_reported(state_dir, [meta.path])
             if progress:
                 progress("compacting", len(groups), len(groups))
     except OSError as exc:
@@ -203,6 +233,7 @@ def _publish(root: Path, state_dir: Path, group: list[CommittedFile], tmp: Path,
         now = time.time()
         snap.files = [f for f in snap.files if f.path not in old] + [meta]
         snap.retired = snap.retired + [Retired(p, now, "compacted") for p in sorted(old)]
+        snap.unreported = [*snap.unreported, meta.path]
         snap.generation += 1
         write_snapshot(state_dir, snap)
     log.info("compact.commit file=%s replaces=%d rows=%d", meta.path, len(group), meta.rows)
@@ -213,7 +244,8 @@ class BackgroundCompactor:
     """``compact`` every ``every_s`` seconds in a daemon thread beside ingest.
 
     The thread never touches the ledger (its connection belongs to ingest's thread): each new
-    file waits in ``drain()`` until ingest hands it on as a fact. A failure (a full disk, say) is
+    file waits in ``drain()`` until ingest hands it on as a fact and ``confirm``s it; files a
+    crash left unconfirmed are handed on again after a restart. A failure (a full disk, say) is
     logged and kept in ``error``; the next pass tries again, and ingest carries on meanwhile.
     """
 
@@ -241,7 +273,8 @@ class BackgroundCompactor:
     def run_once(self) -> None:
         min_files, target_rows, grace_s, rg = self._args
         try:
-            compact(self.root, self.state_dir, min_files, target_rows, grace_s, rg, on_files=self._keep)
+            compact(self.root, self.state_dir, min_files, target_rows, grace_s, rg, on_files=self._keep,
+                    confirm=False)
             self.error = None
         except SinkCommitError as exc:  # another run holds the dataset, or the disk refused
             self.error = exc
@@ -252,7 +285,12 @@ class BackgroundCompactor:
         while not self._stop.wait(self.every_s):
             self.run_once()
 
+    def confirm(self, files: list[CommittedFile]) -> None:
+        """Ingest recorded these files' events in the ledger."""
+        confirm_reported(self.state_dir, [f.path for f in files])
+
     def start(self) -> None:
+        self._keep(unreported_files(self.state_dir))  # a crash came between a merge and its event
         self._thread = threading.Thread(target=self._loop, name="qctrace-compactor", daemon=True)
         self._thread.start()
 

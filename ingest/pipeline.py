@@ -213,3 +213,4 @@ class Ingest:
         files = self.compactor.drain() if self.compactor else []
         if files:
             self.on_events(list(files))
+            self.compactor.confirm(files)

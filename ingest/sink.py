@@ -354,7 +354,8 @@ class ParquetSink:
                 self._reload()
                 new_files = [m for _, m in staged]
                 snap = Snapshot(self._snap.generation + 1, self._snap.files + new_files,
-                                {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired)
+                                {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired,
+                                self._snap.unreported)
                 write_snapshot(self.state_dir, snap)
                 self._snap = snap
         except OSError as exc:

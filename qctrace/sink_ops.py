@@ -9,13 +9,11 @@ recalled, with no later release.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 
-from ingest.commit_record import CommittedFile, read_snapshot
+from ingest.commit_record import CommittedFile
 from ingest.compact import CompactResult, compact
 from ingest.retention import RetentionResult, apply_retention
 from ledger import Ledger
@@ -45,22 +43,9 @@ def _record(led: Ledger) -> Callable[[list[CommittedFile]], None]:
     return record
 
 
-def _reconcile(led: Ledger, state_dir: Path) -> int:
-    """Record compacted files the ledger missed (a crash between their commit and their event)."""
-    snap = read_snapshot(state_dir)
-    if snap is None:
-        return 0
-    known = {json.loads(e.body)[f"{ev.NS}:data"]["path"] for e in led.events(kind=ev.DATA_COMMITTED)}
-    missing = [f for f in snap.files if f.replaces and f.path not in known]
-    if missing:
-        _record(led)(missing)
-    return len(missing)
-
-
 def run_compaction(cfg: Config, progress: Progress | None = None) -> CompactResult:
     s = cfg.sink
     with Ledger(ledger_path(cfg.data_dir)) as led:
-        _reconcile(led, cfg.data_dir / "ingest")
         return compact(cfg.data_dir / READINGS_DIR, cfg.data_dir / "ingest", s.compact_min_files,
                        s.compact_target_rows, s.retired_grace_s, s.row_group_rows, progress, _record(led))
 

@@ -185,3 +185,38 @@ def test_the_dashboard_catalog_does_not_count_files_waiting_out_their_grace_peri
     assert len(list((tmp_path / "readings").rglob("part-*.parquet"))) == 26  # 24 replaced files still there
     listed = catalog.files(tmp_path / "readings")
     assert len(listed) == 2 and sum(f.rows for f in listed) == 480
+
+
+class _Crash(BaseException):
+    """kill -9 stand-in between a merge's commit and its ledger event."""
+
+
+def test_a_merge_whose_ledger_event_was_lost_in_a_crash_is_reported_again(tmp_path):
+    from ingest.compact import BackgroundCompactor, unreported_files
+
+    _fill(tmp_path, flushes=4)
+    root, state = tmp_path / "readings", tmp_path / "ingest"
+
+    def crash(files):
+        raise _Crash()
+
+    with pytest.raises(_Crash):
+        compact(root, state, min_files=2, on_files=crash)
+    lost = unreported_files(state)
+    assert len(lost) == 1 and lost[0].replaces  # committed, but the ledger never heard of it
+    # A restarted ingest's background compactor hands it on first; confirming stops the repeats.
+    bg = BackgroundCompactor(root, state, every_s=3600, min_files=2)
+    bg.start()
+    bg.stop()
+    again = bg.drain()
+    assert [f.path for f in again] == [lost[0].path]
+    bg.confirm(again)
+    assert unreported_files(state) == []
+    # The CLI's compaction does the same before merging anything new.
+    with pytest.raises(_Crash):
+        compact(root, state, min_files=2, on_files=crash)  # the other line's files this time
+    lost = unreported_files(state)
+    assert len(lost) == 1
+    heard = []
+    compact(root, state, min_files=2, on_files=heard.extend)
+    assert heard == lost and unreported_files(state) == []
