@@ -66,8 +66,10 @@ def make_batches(n: int, batch: int) -> list[pa.RecordBatch]:
         d = lambda codes, names: pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names))  # noqa: E731
         cols = [
             pa.array(ts, pa.timestamp("ns", tz="UTC")), pa.array(ts, pa.timestamp("ns", tz="UTC")),
-            d(np.zeros(m, np.int32), ["plant1"]), d((src % SOURCES).astype(np.int32), [f"line{i}" for i in range(SOURCES)]),
-            d(np.zeros(m, np.int32), ["plc1"]), d(sensor.astype(np.int32), [f"s{i:03d}" for i in range(SENSORS_PER_SOURCE)]),
+            d(np.zeros(m, np.int32), ["plant1"]),
+            d((src % SOURCES).astype(np.int32), [f"line{i}" for i in range(SOURCES)]),
+            d(np.zeros(m, np.int32), ["plc1"]),
+            d(sensor.astype(np.int32), [f"s{i:03d}" for i in range(SENSORS_PER_SOURCE)]),
             pa.array(100.0 + rng.normal(0, 1, m)), pa.array(np.zeros(m, np.uint8)), pa.array(seq, pa.uint64()),
             d(np.zeros(m, np.int32), ["L-1"]), pa.array(np.zeros(m, np.uint32)),
         ]
