@@ -133,7 +133,7 @@ def unreported_files(state_dir: Path) -> list[CommittedFile]:
     if snap is None or not snap.unreported:
         return []
     want = set(snap.unreported)
-    return [f for f in snap.files if f.path in want]
+    return [f for f in snap.files if f.path in want and f.replaces]  # the sink reports its own files
 
 
 def confirm_reported(state_dir: Path, paths: list[str]) -> None:

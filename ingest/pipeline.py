@@ -134,6 +134,7 @@ class Ingest:
                 old.unlink(missing_ok=True)
         if files:
             self.on_events(list(files))
+            self.sink.confirm_reported(files)
         for fn in self.on_commit:
             fn()
 
@@ -144,6 +145,7 @@ class Ingest:
         if eps:
             self.on_events(list(eps))
         self.flush(final=True)
+        self.sink.save_confirmations()
 
     @property
     def now_ns(self) -> int:
@@ -188,6 +190,10 @@ class Ingest:
                     self.flush()
                 self._compacted()
 
+        late = self.sink.unreported()  # committed before a crash, never recorded
+        if late:
+            self.on_events(list(late))
+            self.sink.confirm_reported(late)
         if self.compactor:
             self.compactor.start()
         task = asyncio.create_task(flusher())

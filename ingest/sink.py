@@ -152,6 +152,7 @@ class ParquetSink:
         self._first_buffered = 0.0
         self.duplicates_dropped = 0
         self._io = ThreadPoolExecutor(1, thread_name_prefix="qctrace-sink-io")
+        self._confirmed: set[str] = set()
         self._open()
 
     # ------------------------------------------------------------------ what is committed
@@ -183,6 +184,32 @@ class ParquetSink:
         """Every seq of ``source`` in [lo, hi] is committed: upstream may drop them (acknowledge)."""
         r = self._committed.get(source)
         return hi < lo or (r is not None and r.covers(lo, hi))
+
+    def unreported(self) -> list[CommittedFile]:
+        """Files this sink committed whose ledger event was not confirmed (``confirm_reported``),
+        e.g. because the process died between the commit and the event: report them again."""
+        want = set(self._snap.unreported) - self._confirmed
+        return [f for f in self._snap.files if f.path in want and not f.replaces]
+
+    def confirm_reported(self, files: list[CommittedFile]) -> None:
+        """The ledger has these files' events. Kept in memory and written with the next commit: a
+        crash before it only repeats an event, it never loses one."""
+        self._confirmed.update(f.path for f in files)
+
+    def save_confirmations(self) -> None:
+        """Write pending confirmations now (a clean shutdown), so a restart repeats no event."""
+        if not self._confirmed:
+            return
+        try:
+            with locked(self.state_dir):
+                self._reload()
+                snap = self._snap
+                snap.unreported = [p for p in snap.unreported if p not in self._confirmed]
+                snap.generation += 1
+                write_snapshot(self.state_dir, snap)
+        except OSError as exc:
+            raise storage_error("cannot update the commit record in", self.state_dir, exc, 0) from exc
+        self._confirmed.clear()
 
     @property
     def pending_rows(self) -> int:
@@ -355,7 +382,8 @@ class ParquetSink:
                 new_files = [m for _, m in staged]
                 snap = Snapshot(self._snap.generation + 1, self._snap.files + new_files,
                                 {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired,
-                                self._snap.unreported)
+                                [p for p in self._snap.unreported if p not in self._confirmed]
+                                + [m.path for m in new_files])
                 write_snapshot(self.state_dir, snap)
                 self._snap = snap
         except OSError as exc:
@@ -368,6 +396,7 @@ class ParquetSink:
                         log.warning("sink.cleanup cannot_remove=%s", p)
             raise storage_error("cannot commit to", self.root, exc, n) from exc
         self._committed = {k: r.copy() for k, r in self._accepted.items()}
+        self._confirmed.clear()
         self._buffer.clear()
         self._buffered_rows = 0
         log.info("sink.commit generation=%d files=%d rows=%d", self._snap.generation, len(new_files), n)

@@ -268,3 +268,33 @@ def test_a_dataset_whose_commit_record_is_lost_is_refused_not_wiped(tmp_path):
     with pytest.raises(SinkCommitError, match=r"commit\.json: missing, but .* holds Parquet files"):
         _sink(tmp_path)
     assert len(list((tmp_path / "readings").rglob("part-*.parquet"))) == 1  # nothing deleted
+
+
+async def test_a_file_committed_just_before_a_crash_still_reaches_the_ledger_after_restart(tmp_path):
+    from ingest import Ingest
+    from ingest.sink import CommittedFile
+    from qctrace.config import load_config
+
+    cfg = load_config(None).with_overrides(**{"sink.compact_every_s": 0})
+
+    def dies_on_files(facts):
+        if any(isinstance(f, CommittedFile) for f in facts):
+            raise _Crash()
+
+    first = Ingest(tmp_path, cfg.detect, cfg.sink, dies_on_files)
+    first.process(_rows("plc", range(20)))
+    with pytest.raises(_Crash):
+        first.flush()  # committed, then the process died before the ledger heard of the file
+    heard: list = []
+
+    async def nothing():
+        return
+        yield
+
+    second = Ingest(tmp_path, cfg.detect, cfg.sink, heard.extend)
+    await second.run(nothing())
+    files = [f for f in heard if isinstance(f, CommittedFile)]
+    assert [f.path for f in files] == [f.path for f in second.sink.files] and sum(f.rows for f in files) == 20
+    second.process(_rows("plc", range(20, 30)))
+    second.finish()  # a clean stop writes what the ledger confirmed: a third start repeats nothing
+    assert Ingest(tmp_path, cfg.detect, cfg.sink, heard.extend).sink.unreported() == []
