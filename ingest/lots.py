@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -47,19 +48,9 @@ class LotTracker:
     def update(self, batch: pa.RecordBatch, flags) -> list[LotStarted | LotFinished]:
         if batch.num_rows == 0:
             return []
-        t = pa.table({
-            "site": batch.column("site").cast(pa.string()),
-            "line": batch.column("line").cast(pa.string()),
-            "lot": batch.column("lot").cast(pa.string()),
-            "ts": batch.column("ts").cast(pa.int64()),
-            "flagged": pc.cast(pc.not_equal(pa.array(flags), 0), pa.int64()),
-        })
-        t = t.filter(pc.is_valid(t.column("lot")))
-        groups = t.group_by(["site", "line", "lot"]).aggregate(
-            [("ts", "min"), ("ts", "max"), ("ts", "count"), ("flagged", "sum")]
-        ).sort_by([("ts_min", "ascending")])
+        groups = _lot_groups(batch, flags)
         out: list[LotStarted | LotFinished] = []
-        for g in groups.to_pylist():
+        for g in groups:
             key = (g["site"], g["line"])
             run = self._lines.get(key)
             if run is None:
@@ -75,3 +66,39 @@ class LotTracker:
                 run.flagged += g["flagged_sum"]
                 run.last_ns = max(run.last_ns, g["ts_max"])
         return out
+
+
+def _codes(col: pa.Array) -> tuple[np.ndarray, list]:
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    return col.indices.to_numpy(zero_copy_only=False), col.dictionary.to_pylist()
+
+
+def _lot_groups(batch: pa.RecordBatch, flags) -> list[dict]:
+    """Per (site, line, lot) of a batch: first and last time, readings and flagged readings, in
+    order of first time. On dictionary codes with NumPy (an Arrow group-by per batch cost ~2 ms)."""
+    lot = batch.column("lot")
+    valid = np.asarray(lot.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if not valid.any():
+        return []
+    (sc, sn), (lc, ln), (oc, on) = (_codes(batch.column(c)) for c in ("site", "line", "lot"))
+    sc, lc = sc.astype(np.int64)[valid], lc.astype(np.int64)[valid]
+    oc = np.nan_to_num(oc.astype(np.float64), nan=0).astype(np.int64)[valid] if oc.dtype.kind == "f" else \
+        oc.astype(np.int64)[valid]
+    ts = batch.column("ts").cast(pa.int64()).to_numpy()[valid]
+    flagged = (np.asarray(flags) != 0)[valid]
+    code = (sc * len(ln) + lc) * max(len(on), 1) + oc
+    uniq, inv = np.unique(code, return_inverse=True)
+    tmin = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
+    tmax = np.full(len(uniq), np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(tmin, inv, ts)
+    np.maximum.at(tmax, inv, ts)
+    count = np.bincount(inv, minlength=len(uniq))
+    nflag = np.bincount(inv, weights=flagged, minlength=len(uniq)).astype(np.int64)
+    out = []
+    for g in np.argsort(tmin, kind="stable").tolist():
+        rest, o = divmod(int(uniq[g]), max(len(on), 1))
+        s, ln_ = divmod(rest, len(ln))
+        out.append({"site": sn[s], "line": ln[ln_], "lot": on[o], "ts_min": int(tmin[g]), "ts_max": int(tmax[g]),
+                    "ts_count": int(count[g]), "flagged_sum": int(nflag[g])})
+    return out

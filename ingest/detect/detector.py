@@ -36,6 +36,7 @@ from ingest.detect.family import RuleFamily
 from qctrace.config import DetectConfig
 from qctrace.durable import atomic_write
 from qctrace.errors import ConfigError
+from qctrace.schema import KEY_COLUMNS as _KEY_COLUMNS
 from qctrace.schema import READING_SCHEMA, Flag, check_batch, sensor_keys
 
 _FLAGS_AT = READING_SCHEMA.get_field_index("flags")
@@ -153,12 +154,42 @@ class Detector:
                 self.setpoint_of[self._index[key + suffix]] = i
         return i
 
+    _MEMO_MAX = 1 << 22
+
     def indices(self, batch: pa.RecordBatch) -> np.ndarray:
-        """Sensor index per row (int64)."""
-        enc = pc.dictionary_encode(sensor_keys(batch))
-        mapping = np.array([self.sensor_index(k) for k in enc.dictionary.to_pylist()], dtype=np.int64)
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        return mapping[codes] if len(codes) else np.empty(0, dtype=np.int64)
+        """Sensor index per row (int64).
+
+        Rows are mapped through their four dictionary codes combined into one integer. An edge
+        node's batches share the same dictionaries batch after batch, so the combined-code table
+        is kept while they stay equal: a batch then costs one gather, not a string per row (this
+        was a quarter of ingest's time at 10,000-reading batches).
+        """
+        cols = [batch.column(c) for c in _KEY_COLUMNS]
+        dicts = [c.dictionary for c in cols]
+        sizes = [len(d) for d in dicts]
+        space = math.prod(sizes)
+        if batch.num_rows == 0:
+            return np.empty(0, dtype=np.int64)
+        if space > self._MEMO_MAX:
+            enc = pc.dictionary_encode(sensor_keys(batch))
+            mapping = np.array([self.sensor_index(k) for k in enc.dictionary.to_pylist()], dtype=np.int64)
+            return mapping[enc.indices.to_numpy(zero_copy_only=False)]
+        memo = getattr(self, "_memo", None)
+        if memo is None or len(memo[1]) != space or not all(a.equals(b) for a, b in zip(memo[0], dicts, strict=True)):
+            memo = self._memo = (dicts, np.full(space, -1, dtype=np.int64))
+        table = memo[1]
+        codes = [c.indices.to_numpy(zero_copy_only=False).astype(np.int64) for c in cols]
+        combined = ((codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2]) * sizes[3] + codes[3]
+        out = table[combined]
+        if (out < 0).any():
+            names = [d.to_pylist() for d in dicts]
+            for k in np.unique(combined[out < 0]).tolist():
+                rest, sensor = divmod(k, sizes[3])
+                rest, device = divmod(rest, sizes[2])
+                site, line = divmod(rest, sizes[1])
+                table[k] = self.sensor_index(f"{names[0][site]}/{names[1][line]}/{names[2][device]}/{names[3][sensor]}")
+            out = table[combined]
+        return out
 
     # ------------------------------------------------------------ scoring
 
@@ -282,6 +313,7 @@ class Detector:
     def load_state(self, d: dict[str, np.ndarray]) -> None:
         """Restore a ``state_dict``: sensors are re-registered (parameters come from the current
         configuration), then their learnt state is put back."""
+        self._memo = None  # combined-code table of the old index
         if int(d["version"][0]) != _STATE_VERSION:
             raise ConfigError(f"detector state version {int(d['version'][0])} is not {_STATE_VERSION}")
         for key in d["keys"].tolist():
