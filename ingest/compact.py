@@ -161,10 +161,9 @@ def purge_retired(root: Path, state_dir: Path, grace_s: float, now: float | None
         if not due:
             return 0
         for r in due:
-            p = root / r.path
-            p.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # an empty partition directory goes too
-                p.parent.rmdir()
+            # Only the file: an emptied partition directory stays (the sink may be writing a late
+            # reading into it right now, and it remembers which directories exist).
+            (root / r.path).unlink(missing_ok=True)
         snap.retired = [r for r in snap.retired if r.since + grace_s > now]
         snap.generation += 1
         write_snapshot(state_dir, snap)

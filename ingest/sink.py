@@ -153,6 +153,7 @@ class ParquetSink:
         self.duplicates_dropped = 0
         self._io = ThreadPoolExecutor(1, thread_name_prefix="qctrace-sink-io")
         self._confirmed: set[str] = set()
+        self._dirs: set[Path] = set()  # partition directories known to exist (retention may remove one: see flush)
         self._open()
 
     # ------------------------------------------------------------------ what is committed
@@ -277,10 +278,11 @@ class ParquetSink:
         sizes = [len(c.dictionary) for c in cols]
         group, keys = group_rows((codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2], sizes[0] * sizes[1] * sizes[2])
         ranges = []
+        names = [c.dictionary.to_pylist() for c in cols]
         for k in keys.tolist():
             s, rest = divmod(k, sizes[1] * sizes[2])
             ln, d = divmod(rest, sizes[2])
-            name = f"{cols[0].dictionary[s].as_py()}/{cols[1].dictionary[ln].as_py()}/{cols[2].dictionary[d].as_py()}"
+            name = f"{names[0][s]}/{names[1][ln]}/{names[2][d]}"
             r = self._accepted.get(name)
             if r is None:
                 r = self._accepted[name] = SeqRanges()
@@ -359,7 +361,9 @@ class ParquetSink:
             # partition's file (I/O, in a helper thread) overlaps encoding the next one (CPU).
             writes = []
             for final, rows, meta in self._layout(table):
-                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.parent not in self._dirs:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    self._dirs.add(final.parent)
                 touched.append(final)
                 buf, sha = encode_parquet(rows, self.row_group_rows)
                 writes.append(self._io.submit(write_durably, tmp_path(final), buf))
@@ -387,6 +391,7 @@ class ParquetSink:
                 write_snapshot(self.state_dir, snap)
                 self._snap = snap
         except OSError as exc:
+            self._dirs.clear()  # a directory may be gone (retention, an operator): check them all again
             for final in touched:
                 with_tmp = [tmp_path(final)] + ([final] if final in renamed else [])
                 for p in with_tmp:

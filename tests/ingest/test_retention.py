@@ -80,7 +80,7 @@ def test_files_dropped_by_retention_are_explained_in_the_ledger_after_deletion(t
         res = apply_retention(tmp_path / "readings", tmp_path / "ingest", 30, held, grace_s=0,
                               on_manifest=lambda m: led.append(
                                   ev.data_committed(m.path, m.sha256, m.rows, TODAY, replaces=m.replaces)))
-        assert res.purged == 1 and not (tmp_path / "readings" / res.dropped[0]).exists()
+        assert res.purged == 1 and not list((tmp_path / "readings" / res.dropped[0]).glob("*.parquet"))
         report = verify_ledger(led, [], data_root=tmp_path / "readings")
         assert report.data_files == 5  # four data files (one gone, explained) and the manifest
 
