@@ -14,7 +14,9 @@ trusts the certificates the simulator publishes). Then, in this one process:
    stamps (ServerTimestamp is the wall-clock time of each write; the smallest server-minus-source
    difference seen in the baseline is the offset), so the lag runs from the moment the PLC wrote
    the tick's first value. When the plant stops, every tag must have been read up to its last
-   tick, and no sample between a tag's first and last reading may be missing.
+   tick, and no sample between a tag's first and last reading may be missing. ``delivery_*`` is
+   the time from the server's write (its ServerTimestamp) to receipt, sampled once per publish
+   response: if the source lag grows and delivery does not, the plant is late, not the reader.
 
 ``python bench/edge_opcua.py`` (10 minutes) or ``--quick`` (2 lines of 50 tags, seconds). The
 last line of output is one JSON object with the figures.
@@ -164,6 +166,7 @@ class _Lag:
         self.first = np.full(lines * tags, np.iinfo(np.int64).max, dtype=np.int64)
         self.last = np.zeros(lines * tags, dtype=np.int64)
         self.count = np.zeros(lines * tags, dtype=np.int64)
+        self.delivery: list[tuple[float, int]] = []  # (run second, receive minus server stamp), one per publish
 
     @staticmethod
     def _codes(col: pa.DictionaryArray, parse) -> np.ndarray:
@@ -183,6 +186,9 @@ class _Lag:
         np.add.at(self.count, key, 1)
         self.rows += item.num_rows
 
+    def delivery_window(self, a: float, b: float) -> np.ndarray:
+        return np.array([d for s, d in self.delivery if a <= s < b] or [0], dtype=np.int64)
+
     def missing(self) -> int:
         """Samples between each tag's first and last reading (1 Hz) that never arrived."""
         seen = self.count > 0
@@ -191,6 +197,24 @@ class _Lag:
     def window(self, a: float, b: float) -> np.ndarray:
         parts = [x for s, xs in self.per_s.items() if a <= s < b for x in xs]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _sample_delivery(r: OpcUaReader, lag: _Lag) -> None:
+    """Server write to reader receive, for the first item of each publish response: tells a late
+    plant (source lag grows, delivery does not) from a late reader (both grow). One item per
+    response, so it costs the reader nothing per reading."""
+    on_publish = r._on_publish
+
+    def sampled(result: ua.PublishResult) -> None:
+        for notif in result.NotificationMessage.NotificationData or ():
+            if isinstance(notif, ua.DataChangeNotification) and notif.MonitoredItems:
+                stamp = notif.MonitoredItems[0].Value.ServerTimestamp
+                if stamp is not None:
+                    lag.delivery.append((time.monotonic() - lag.t0, time.time_ns() - int(stamp.timestamp() * 1e9)))
+                break
+        on_publish(result)
+
+    r._on_publish = sampled
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -214,9 +238,10 @@ async def run(args: argparse.Namespace) -> dict:
                                    queue_size=10, batch_max_rows=10_000, batch_max_age_s=0.5, opts=opts,
                                    data_dir=work, trusted_certs=tuple(sim.pub.glob("*.der")))
                        for url in endpoints]
-            t_open = time.perf_counter()
             for r in readers:
-                await r.__aenter__()
+                _sample_delivery(r, lag)
+            t_open = time.perf_counter()
+            await asyncio.gather(*(r.__aenter__() for r in readers))
             out["subscribe_s"] = round(time.perf_counter() - t_open, 2)
             stop = asyncio.Event()
             tasks = [asyncio.create_task(r.run(stop)) for r in readers]
@@ -262,6 +287,8 @@ async def run(args: argparse.Namespace) -> dict:
         "lag_start_p99_ms": round(float(np.percentile(start, 99)) / 1e6, 1),
         "lag_end_p50_ms": round(float(np.percentile(end, 50)) / 1e6, 1),
         "lag_end_p99_ms": round(float(np.percentile(end, 99)) / 1e6, 1),
+        "delivery_start_p50_ms": round(float(np.percentile(lag.delivery_window(s0, s0 + span), 50)) / 1e6, 1),
+        "delivery_end_p50_ms": round(float(np.percentile(lag.delivery_window(s1 - span, s1), 50)) / 1e6, 1),
         "readings_received": lag.rows,
         "readings_missing": lag.missing(),
         "tags_read_to_the_last_tick": int((lag.last >= final_ts).sum()),

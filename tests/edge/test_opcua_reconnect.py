@@ -99,3 +99,32 @@ async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path):
     (g,) = out.gaps
     n = int(g.reason.split("; ")[1].split(" readings backfilled")[0])
     assert n == r.backfilled and g.source == "plant1/line1/plc1"
+
+
+async def test_reconnect_attempts_back_off_exponentially_with_jitter_up_to_the_cap():
+    opts = OpcUaClientConfig(security_policy="None", backoff_initial_s=0.1, backoff_max_s=0.4, backoff_jitter=0.5)
+    async with SimulatedPlant(load_scenario("demo"), seed=1, speed=10, processes=False) as plant:
+        srv = plant._runners[0].server
+        r = reader(plant.endpoints["opcua"][0], Collected(), opts=opts, timeout_s=2)
+        delays: list[float] = []
+        make = r._client._backoff
+
+        def recording():
+            for d in make():
+                delays.append(d)
+                yield d
+
+        r._client._backoff = recording
+        async with r:
+            await srv.stop()
+            await asyncio.sleep(3.0)  # every attempt in here is refused
+            await srv.start()
+            for _ in range(50):
+                if r._client.reconnects:
+                    break
+                await asyncio.sleep(0.1)
+    assert r._client.reconnects == 1
+    assert len(delays) >= 5, delays
+    assert 0.05 <= delays[0] <= 0.15 and 0.1 <= delays[1] <= 0.3  # 0.1 then 0.2, each ±50 %
+    assert all(0.2 <= d <= 0.6 for d in delays[3:])  # capped at 0.4 ±50 %
+    assert len({round(d, 6) for d in delays[3:]}) == len(delays[3:])  # jittered: no two capped delays alike
