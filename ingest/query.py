@@ -45,7 +45,9 @@ def snapshot_files(root: Path, lot: str | None = None, start_ns: int | None = No
     those that certainly hold no row of ``lot`` within [start_ns, end_ns] (absolute paths)."""
     snap = read_snapshot(state_dir if state_dir is not None else state_dir_of(root))
     if snap is None:
-        return []
+        # Not written by the sink (another tool wrote Hive-partitioned files, or nothing yet): every
+        # file is data, and nothing compacts it, so the glob is the file list.
+        return sorted(str(p) for p in root.glob("site=*/line=*/date=*/part-*.parquet"))
     return [str(root / f.path) for f in snap.files if f.may_hold(lot, start_ns, end_ns)]
 
 
