@@ -240,6 +240,17 @@ class ParquetSink:
         """Re-read the record (with the lock held): the compactor or retention may have changed it."""
         self._snap = read_snapshot(self.state_dir) or Snapshot()
 
+    def _check_sole_writer(self) -> None:
+        """Refuse to commit when another sink changed the committed seqs since ours (two ingest
+        workers on one dataset): writing our intervals over theirs would let their readings be
+        accepted again. The compactor and retention never change them."""
+        theirs = {k: [tuple(p) for p in v] for k, v in self._snap.ranges.items() if v}
+        mine = {k: r.pairs() for k, r in self._committed.items() if len(r)}
+        if theirs != mine:
+            raise SinkCommitError(f"{self.commit_path}: another ingest process committed to this dataset meanwhile;"
+                                  " run one ingest worker per data directory. Nothing was committed;"
+                                  f" {self._buffered_rows} readings stay pending and are not acknowledged")
+
     def _first_open(self) -> None:
         """No commit record: a new dataset gets an empty one, so that later a missing record can only
         mean damage. Files without a record are never deleted as uncommitted: that would destroy
@@ -374,6 +385,8 @@ class ParquetSink:
             log.info("sink.step1 written=%d rows=%d", len(staged), n)
             # Step 2: the commit lock (the compactor or retention may be changing the record).
             with locked(self.state_dir):
+                self._reload()
+                self._check_sole_writer()
                 # Step 3: rename into place; fsync each directory once.
                 for final, _ in staged:
                     os.replace(tmp_path(final), final)
@@ -382,7 +395,6 @@ class ParquetSink:
                     fsync_dir(d)
                 log.info("sink.step3 renamed=%d", len(renamed))
                 # Step 4: the commit record, atomically.
-                self._reload()
                 new_files = [m for _, m in staged]
                 snap = Snapshot(self._snap.generation + 1, self._snap.files + new_files,
                                 {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired,
@@ -390,7 +402,7 @@ class ParquetSink:
                                 + [m.path for m in new_files])
                 write_snapshot(self.state_dir, snap)
                 self._snap = snap
-        except OSError as exc:
+        except (OSError, SinkCommitError) as exc:
             self._dirs.clear()  # a directory may be gone (retention, an operator): check them all again
             for final in touched:
                 with_tmp = [tmp_path(final)] + ([final] if final in renamed else [])
@@ -399,6 +411,8 @@ class ParquetSink:
                         p.unlink(missing_ok=True)
                     except OSError:
                         log.warning("sink.cleanup cannot_remove=%s", p)
+            if isinstance(exc, SinkCommitError):
+                raise
             raise storage_error("cannot commit to", self.root, exc, n) from exc
         self._committed = {k: r.copy() for k, r in self._accepted.items()}
         self._confirmed.clear()

@@ -298,3 +298,16 @@ async def test_a_file_committed_just_before_a_crash_still_reaches_the_ledger_aft
     second.process(_rows("plc", range(20, 30)))
     second.finish()  # a clean stop writes what the ledger confirmed: a third start repeats nothing
     assert Ingest(tmp_path, cfg.detect, cfg.sink, heard.extend).sink.unreported() == []
+
+
+def test_a_second_ingest_writer_on_one_dataset_is_refused_before_it_overwrites_the_first(tmp_path):
+    a, b = _sink(tmp_path), _sink(tmp_path)
+    a.add(a.dedupe(_batch(range(10))))
+    a.flush()
+    b.add(b.dedupe(_batch(range(5, 15))))  # b cannot know a committed 5..9
+    with pytest.raises(SinkCommitError, match="another ingest process committed to this dataset"):
+        b.flush()
+    assert b.pending_rows == 10 and not b.covers("s/l1/plc", 10, 14)
+    assert sorted(read_dataset(tmp_path / "readings").column("seq").to_pylist()) == list(range(10))
+    assert not list((tmp_path / "readings").rglob("*.tmp"))
+    assert _sink(tmp_path).committed_ranges("s/l1/plc") == [(0, 9)]
