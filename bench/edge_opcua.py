@@ -115,6 +115,9 @@ class _Count:
         self.n = 0
         self.offsets: list[float] = []
 
+    def status_change_notification(self, status) -> None:
+        pass
+
     def datachange_notification(self, node, val, data) -> None:
         self.n += 1
         if len(self.offsets) < 50_000:
@@ -127,9 +130,9 @@ async def baseline(endpoints: list[str], tags: int, seconds: float, opts: OpcUaC
                    pub: Path) -> dict:
     """Plain asyncua clients and subscriptions, a handler that only counts: the reference cost."""
     handler = _Count()
-    clients = []
+    clients, subs = [], []
     for url in endpoints:
-        c = Client(url, timeout=30)
+        c = Client(url, timeout=30, watchdog_intervall=30)  # as patient as the reader: load is not a dead link
         if opts.security_policy != "None":
             cert, key = await ensure_client_certificate(pki, opts.application_uri)
             c.application_uri = opts.application_uri
@@ -143,10 +146,13 @@ async def baseline(endpoints: list[str], tags: int, seconds: float, opts: OpcUaC
         sub = await c.create_subscription(1000, handler, queue_maxsize=100_000)
         nodes = [c.get_node(f"ns=2;s=stress/{line}/plc/t{i:04d}") for i in range(tags)]
         await sub.subscribe_data_change(nodes, queuesize=10)
+        subs.append(sub)
     await asyncio.sleep(min(3.0, seconds))  # initial values and first publishes out of the way
     n0, cpu0, t0 = handler.n, _cpu_s(), time.perf_counter()
     await asyncio.sleep(seconds)
     n1, cpu1, t1 = handler.n, _cpu_s(), time.perf_counter()
+    for sub in subs:
+        await sub.delete()
     for c in clients:
         await c.disconnect()
     return {"baseline_asyncua_notifications_per_s": round((n1 - n0) / (t1 - t0)),

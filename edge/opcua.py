@@ -132,13 +132,13 @@ class OpcUaReader(Reader):
             await c.connect(auto_reconnect=True)
         except ua.UaStatusCodeError as exc:
             name = ua.StatusCode(exc.code).name
+            if exc.code in _LOGIN_REFUSED and o.username is None:
+                raise ReaderError(f"{self.endpoint}: the server refused an anonymous login ({name}); set"
+                                  " edge.opcua.username and password_env or password_file") from exc
             if exc.code in _LOGIN_REFUSED:
                 where = f"environment variable {o.password_env}" if o.password_env else f"file {o.password_file}"
-                who = f"user {o.username!r}" if o.username else "an anonymous login"
-                raise ReaderError(f"{self.endpoint}: the server refused {who} ({name}); check the username and the"
-                                  f" password (read from the {where})" if o.username else
-                                  f"{self.endpoint}: the server refused {who} ({name}); set edge.opcua.username and"
-                                  " password_env or password_file") from exc
+                raise ReaderError(f"{self.endpoint}: the server refused user {o.username!r} ({name}); check the"
+                                  f" username and the password (read from the {where})") from exc
             raise ReaderError(f"{self.endpoint}: the server refused the connection: {name}") from exc
         except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
             raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc!r}") from exc

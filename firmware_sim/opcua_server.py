@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,13 +90,22 @@ _SECURE_POLICIES = (ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, ua.Secu
                     ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign)
 
 
-class _SampleHistory(HistoryDict):
-    """asyncua's in-memory history, keeping samples only: the "no value yet" placeholder has no
-    source timestamp, and asyncua's time-range reads fail on such an entry."""
+class _RamHistory(HistoryDict):
+    """The last ``count`` samples of each tag, kept as the PLC writes them (a bounded deque each),
+    served by asyncua's HistoryRead service. asyncua's own ``historize_node_data_change`` would
+    feed it through an internal subscription, one asyncio task per value: at 1,000 writes/s per
+    server that is most of the history's cost, and it also stores the "no value yet" placeholder,
+    which has no source time and breaks asyncua's time-range reads."""
 
-    async def save_node_value(self, node_id: ua.NodeId, datavalue: ua.DataValue) -> None:
-        if datavalue.SourceTimestamp is not None:
-            await super().save_node_value(node_id, datavalue)
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def track(self, node_id: ua.NodeId) -> None:
+        self._datachanges[node_id] = deque(maxlen=self.count)
+
+    def keep(self, node_id: ua.NodeId, dv: ua.DataValue) -> None:
+        self._datachanges[node_id].append(dv)
 
 
 class _Passwords(UserManager):
@@ -125,6 +135,7 @@ class LinePlcServer:
         # PLC's RAM bounds it (4 tags keep 10 minutes at 1 Hz, 1,000 tags one minute).
         self.history = min(history, max(10, history_budget // max(1, len(self.streams)))) if history else 0
         self.read_sizes: list[int] = []
+        self._ram: _RamHistory | None = None
         self.create_sizes: list[int] = []  # monitored items per CreateMonitoredItems call
         self._server: Server | None = None
         self._tag_nodes: dict[int, ua.NodeId] = {}
@@ -168,10 +179,16 @@ class LinePlcServer:
         self._limit_create_monitored_items(srv)
         await self._build(srv)
         await srv.start()
+        self._ram = None
         if self.history:
-            srv.iserver.history_manager.set_storage(_SampleHistory())
-            await srv.historize_node_data_change([srv.get_node(n) for n in self._tag_nodes.values()], period=None,
-                                                 count=self.history)
+            self._ram = _RamHistory(self.history)
+            srv.iserver.history_manager.set_storage(self._ram)
+            for nid in self._tag_nodes.values():
+                node = srv.get_node(nid)
+                await node.write_attribute(ua.AttributeIds.Historizing, ua.DataValue(True))
+                await node.set_attr_bit(ua.AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
+                await node.set_attr_bit(ua.AttributeIds.UserAccessLevel, ua.AccessLevel.HistoryRead)
+                self._ram.track(nid)
         self._server = srv
         self.running = True
         for line, (lot, ts) in self._last_lot.items():  # a restarted PLC still knows its lot
@@ -257,11 +274,12 @@ class LinePlcServer:
 
     async def write(self, stream_index: int, value: float, status: int, ts_ns: int) -> None:
         code = ua.StatusCode(status)
-        await self._server.write_attribute_value(
-            self._tag_nodes[stream_index],
-            ua.DataValue(ua.Variant(0.0 if value != value else value, ua.VariantType.Double), StatusCode=code,
-                         SourceTimestamp=ns_to_datetime(ts_ns), ServerTimestamp=datetime.now(UTC)),
-        )
+        nid = self._tag_nodes[stream_index]
+        dv = ua.DataValue(ua.Variant(0.0 if value != value else value, ua.VariantType.Double), StatusCode=code,
+                          SourceTimestamp=ns_to_datetime(ts_ns), ServerTimestamp=datetime.now(UTC))
+        await self._server.write_attribute_value(nid, dv)
+        if self._ram is not None:
+            self._ram.keep(nid, dv)
 
     async def stop(self) -> None:
         if self._server is not None and self.running:

@@ -122,6 +122,11 @@ async def test_a_wrong_password_is_a_clear_error_naming_the_endpoint_and_never_s
         msg = str(err.value)
         assert msg.startswith(url) and "refused user 'operator'" in msg and "environment variable PLC_PW" in msg
         assert "wrong-pw-123" not in msg and "wrong-pw-123" not in caplog.text
+        anon = OpcUaClientConfig(pki_dir=tmp_path / "pki", trust_dir=tmp_path / "pub")
+        with pytest.raises(ReaderError, match=re.escape(url) + r": the server refused an anonymous login .* set"
+                                              r" edge.opcua.username"):
+            async with reader(url, Collected(), opts=anon):
+                pass
         # The right password from a 0600 file: readings flow; the same file readable by others is refused.
         pw = tmp_path / "pw"
         pw.write_text("s3cret-pw\n")
