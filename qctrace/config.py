@@ -369,10 +369,45 @@ class MqttConfig(_Frozen):
     group: str = Field("qctrace-ingest", pattern=r"^[A-Za-z0-9_.-]+$")
     username: str = ""
     password_env: str = "QCTRACE_MQTT_PASSWORD"
+    password_file: Path | None = None  # mode 0600; wins over password_env when set
+    tls: bool = False  # verify the broker's certificate against ca_file (or the system CAs)
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # client certificate, optional (with key_file)
+    key_file: Path | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0)] = 3600
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 64
     """Messages a worker may hold unacknowledged: ingest's flow control toward the broker."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password_here(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("a password never goes in the configuration file: set password_env (the name of an"
+                             " environment variable) or password_file (a file readable only by you, mode 0600)")
+        return data
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file/cert_file given but tls = false: set tls = true")
+        return self
+
+
+class MetricsConfig(_Frozen):
+    """Prometheus /metrics and JSON /health per long-running process; a port of 0 turns it off.
+
+    The thresholds decide when /health says "degraded" instead of "ok"."""
+
+    host: str = "127.0.0.1"
+    edge_port: Annotated[int, Field(ge=0, le=65535)] = 9101
+    ingest_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    sim_port: Annotated[int, Field(ge=0, le=65535)] = 9103
+    demo_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    spool_age_warn_s: Annotated[float, Field(gt=0)] = 120.0
+    commit_stale_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class SpoolConfig(_Frozen):
@@ -536,6 +571,7 @@ class Config(_Frozen):
     mqtt: MqttConfig = MqttConfig()
     spool: SpoolConfig = SpoolConfig()
     alarms: AlarmsConfig = AlarmsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with top-level or dotted (``plant.seed``) fields replaced, validated again."""
