@@ -21,6 +21,9 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import ssl
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -32,7 +35,7 @@ from paho.mqtt.properties import Properties
 
 from edge.forward import Link
 from qctrace.config import MqttConfig
-from qctrace.errors import TransportError
+from qctrace.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,46 @@ def readings_topic(cfg: MqttConfig, site_line: str, node: str) -> str:
     return f"{cfg.prefix}/{site_line}/{node}/readings"
 
 
+def mqtt_password(cfg: MqttConfig) -> str | None:
+    """From a 0600 file or the environment, never the TOML; the value is never logged."""
+    if cfg.password_file is not None:
+        path = cfg.password_file
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_file {path}: {exc.strerror}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"mqtt.password_file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o});"
+                              f" run: chmod 600 {path}")
+        return path.read_text().rstrip("\r\n")
+    return os.environ.get(cfg.password_env)
+
+
+def tls_problem(cfg: MqttConfig, timeout_s: float = 3.0) -> str | None:
+    """Why a TLS handshake with the broker fails, in words; paho's network thread only says "no connection"."""
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if cfg.cert_file:
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    try:
+        with socket.create_connection((cfg.host, cfg.port), timeout=timeout_s) as raw, \
+                ctx.wrap_socket(raw, server_hostname=cfg.host):
+            return None
+    except ssl.SSLError as exc:
+        why = (f"certificate verify failed: {exc.verify_message}" if isinstance(exc, ssl.SSLCertVerificationError)
+               else exc.reason or str(exc))
+        return f"TLS handshake refused: {why}" + (f" (CA file {cfg.ca_file})" if cfg.ca_file else "")
+    except OSError as exc:
+        return f"TLS connection failed: {exc}"
+
+
 def _client(cfg: MqttConfig, client_id: str, state_topic: str, *, manual_ack: bool = False) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     if cfg.username:
-        c.username_pw_set(cfg.username, os.environ.get(cfg.password_env))
+        c.username_pw_set(cfg.username, mqtt_password(cfg))
+    if cfg.tls:
+        c.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                  certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                  keyfile=str(cfg.key_file) if cfg.key_file else None)
     c.will_set(state_topic, json.dumps({"state": "offline", "reason": "connection lost"}), qos=1, retain=True)
     c.reconnect_delay_set(min_delay=1, max_delay=30)
     c.max_inflight_messages_set(64)
@@ -71,6 +110,7 @@ class _Connection:
         self.loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()
         self.refused: str | None = None
+        self._refused = asyncio.Event()  # a refusal (bad password, not authorised) ends start() at once
         self.connects = 0
         self.client = _client(cfg, client_id, state_topic, manual_ack=manual_ack)
         self.client.on_connect = self._on_connect
@@ -81,6 +121,7 @@ class _Connection:
         if reason.is_failure:
             self.refused = str(reason)
             log.error("mqtt.refused broker=%s:%d reason=%s", self.cfg.host, self.cfg.port, reason)
+            self.loop.call_soon_threadsafe(self._refused.set)
             return
         self.connects += 1
         for topic in self.subscriptions:
@@ -98,19 +139,29 @@ class _Connection:
         self.on_message(msg)
 
     async def start(self, timeout_s: float = 10.0) -> None:
+        if self.cfg.tls:  # a certificate problem never heals by retrying: say so now, not after the timeout
+            problem = await asyncio.get_running_loop().run_in_executor(None, tls_problem, self.cfg)
+            if problem and problem.startswith("TLS handshake"):
+                raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: {problem}")
         try:
             self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
                                       properties=_connect_props(self.cfg))
         except (OSError, ValueError) as exc:
             raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: cannot connect: {exc}") from None
         self.client.loop_start()
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout_s)
-        except TimeoutError:
+        waits = [asyncio.ensure_future(self.connected.wait()), asyncio.ensure_future(self._refused.wait())]
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if not self.connected.is_set():
             self.client.loop_stop()
             why = f"the broker refused: {self.refused}" if self.refused else "no broker answered"
+            if not self.refused and self.cfg.tls:
+                why = await asyncio.get_running_loop().run_in_executor(None, tls_problem, self.cfg) or why
+            hint = ("check mqtt.username and its password" if self.refused else
+                    "is Mosquitto running? `qctrace` starts one only for local runs")
             raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: {why} within {timeout_s:g} s"
-                                 " (is Mosquitto running? `qctrace` starts one only for local runs)") from None
+                                 f" ({hint})") from None
 
     def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=1, retain=retain)
