@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +64,8 @@ class Ingest:
                                              sink.compact_min_files, sink.compact_target_rows, sink.retired_grace_s,
                                              sink.row_group_rows) if sink.compact_every_s else None
         self.stats = IngestStats()
+        self.observer: Any = None  # qctrace.metrics.IngestMetrics when a process serves metrics
+        self._pending_oldest_ns: list[int] = []  # per batch since the last commit: end-to-end lag at commit
         self._generation = 0
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
         self._stale: dict[int, int] = {}  # sensor -> last_seen when it was reported silent
@@ -84,7 +87,11 @@ class Ingest:
         self.stats.duplicates += batch.num_rows - fresh.num_rows
         if fresh.num_rows == 0:
             return
+        t_detect = time.perf_counter()
         flagged, idx, _z = self.detector.flag(fresh)
+        if self.observer is not None:
+            self.observer.detected(time.perf_counter() - t_detect)
+            self._pending_oldest_ns.append(int(pc.min(fresh.column("ts").cast(pa.int64())).as_py()))
         # A device clock far ahead of when the edge received the reading (a logger set to 2200) must
         # not become "now" for the stale timer, or every other sensor would look silent at once.
         ts = fresh.column("ts").cast(pa.int64())
@@ -112,6 +119,7 @@ class Ingest:
             return
         self._generation += 1
         name = f"detector-{self._generation:08d}.npz"
+        t_commit = time.perf_counter()
         try:
             try:
                 self.detector.save(self.sink.state_dir / name)
@@ -129,6 +137,9 @@ class Ingest:
                 raise
             return
         self.commit_error = None
+        if self.observer is not None:
+            self.observer.committed(time.perf_counter() - t_commit, self._pending_oldest_ns)
+            self._pending_oldest_ns = []
         for old in self.sink.state_dir.glob("detector-*.npz"):
             if old.name != name and old.name != self.sink.extra.get("detector"):
                 old.unlink(missing_ok=True)

@@ -42,6 +42,8 @@ from qctrace.ledger_ops import (
     ledger_path,
     open_anchor_chain,
 )
+from qctrace.metrics import EdgeMetrics, IngestMetrics
+from qctrace.metrics import serve as serve_metrics
 from qctrace.processes import make_forwarder, open_spool
 from qctrace.provenance import Provenance
 from qctrace.schema import source_keys
@@ -200,12 +202,16 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     ensure_keys(cfg)
     ledger = Ledger(ledger_path(data_dir))
     checkpointer = Checkpointer(cfg, ledger)
+    metrics_srv, registry, health = serve_metrics("demo", cfg.metrics.host, cfg.metrics.demo_port)
+    em = EdgeMetrics(registry, health, spool_age_warn_s=cfg.metrics.spool_age_warn_s)
+    im = IngestMetrics(registry, health, commit_stale_s=cfg.metrics.commit_stale_s)
 
     # episodes and gaps become ISA-18.2 alarms, recorded and notified; clears wait on ingest's data clock
     alarm_feed = AlarmFeed(cfg, clock=lambda: ingest.now_ns, ledger=ledger)
+    counted_feed = im.counting_alarms(alarm_feed)
 
     def record(facts: list) -> None:
-        ledger.append_many(provenance.events_for(alarm_feed(facts)))
+        ledger.append_many(provenance.events_for(counted_feed(facts)))
         checkpointer.maybe()
 
     ingest = Ingest(data_dir, cfg.detect, cfg.sink, record)
@@ -213,6 +219,7 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
     spool = open_spool(cfg, data_dir)
     forwarder = make_forwarder(cfg, spool, link)
     receiver = Receiver(ingest, link.ack, data_dir / "quarantine")
+    publish = em.counting(forwarder.publish)
     streams = StreamTable()
     seqs = SeqAllocator(data_dir / "edge" / "seq.json")
     sim, ready = await _start_sim(cfg, data_dir)
@@ -223,15 +230,17 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         e = cfg.edge
         readers = []
         for endpoint in ready["opcua"]:
-            readers.append(OpcUaReader(endpoint, BatchBuilder(streams, seqs), forwarder.publish,
+            readers.append(OpcUaReader(endpoint, BatchBuilder(streams, seqs), publish,
                                        publishing_interval_ms=e.publishing_interval_ms, queue_size=e.queue_size,
                                        batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s,
                                        opts=e.opcua, data_dir=data_dir, trusted_certs=_sim_certs(data_dir, endpoint)))
         for sh in shipments_of(scenario):
             readers.append(SerialReader(ready["serial"][sh.id], COLDCHAIN_SITE, sh.id, sh.logger,
-                                        BatchBuilder(streams, seqs), forwarder.publish, lot=sh.lot,
+                                        BatchBuilder(streams, seqs), publish, lot=sh.lot,
                                         baudrate=e.serial_baudrate, batch_max_rows=e.batch_max_rows,
                                         batch_max_age_s=e.batch_max_age_s))
+        em.watch(forwarder, link, readers)
+        im.watch(ingest, receiver, None, ledger, checkpointer)
         async with contextlib.AsyncExitStack() as stack:
             for r in readers:
                 await stack.enter_async_context(r)
@@ -273,6 +282,8 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
         ledger.append_many(provenance.events_for(alarm_feed.close()))
     finally:
         spool.close()
+        if metrics_srv is not None:
+            metrics_srv.stop()
         await _tell(sim.proc, "quit")
         for c in children:
             await c.stop()

@@ -30,6 +30,8 @@ from ledger import Ledger
 from qctrace.config import Config
 from qctrace.errors import ConfigError
 from qctrace.ledger_ops import Checkpointer, ensure_keys, ledger_path
+from qctrace.metrics import EdgeMetrics, IngestMetrics
+from qctrace.metrics import serve as serve_metrics
 from qctrace.provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,10 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
     spool = open_spool(cfg, data_dir)
     link = await MqttLink(cfg.mqtt, cfg.edge.node).start()
     fwd = make_forwarder(cfg, spool, link)
-    readers, _ = build_readers(cfg, data_dir, fwd.publish, cfg.edge.opcua_endpoints)
+    metrics_srv, registry, health = serve_metrics(f"edge {cfg.edge.node}", cfg.metrics.host, cfg.metrics.edge_port)
+    em = EdgeMetrics(registry, health, spool_age_warn_s=cfg.metrics.spool_age_warn_s)
+    readers, _ = build_readers(cfg, data_dir, em.counting(fwd.publish), cfg.edge.opcua_endpoints)
+    em.watch(fwd, link, readers)
     fwd_stop = asyncio.Event()
     fwd_task = asyncio.create_task(fwd.run(fwd_stop, linger_s=5.0))
     try:
@@ -133,6 +138,8 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
         fwd_task.cancel()
         await link.close()
         spool.close()
+        if metrics_srv is not None:
+            metrics_srv.stop()
     say(f"edge {cfg.edge.node} stopped; {spool.depth} records stay spooled for the next start")
     return fwd
 
@@ -145,10 +152,13 @@ async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: 
     data_dir = cfg.data_dir.resolve()
     stop = stop or _stop_on_signals()
     feed = AlarmFeed(cfg)
-    parts = build_ingest(cfg, data_dir, feed)
+    metrics_srv, registry, health = serve_metrics(f"ingest {worker}", cfg.metrics.host, cfg.metrics.ingest_port)
+    im = IngestMetrics(registry, health, commit_stale_s=cfg.metrics.commit_stale_s)
+    parts = build_ingest(cfg, data_dir, im.counting_alarms(feed))
     feed.clock = lambda: parts.ingest.now_ns  # alarm clears fall due on the data clock, not only on the next fact
     source = await MqttSource(cfg.mqtt, worker).start()
     receiver = Receiver(parts.ingest, source.ack, data_dir / "quarantine")
+    im.watch(parts.ingest, receiver, source, parts.ledger, parts.checkpointer)
     say(f"ingest {worker}: {source.subscription} → {data_dir}")
     task = asyncio.create_task(parts.ingest.run(receiver.items(source.receive())))
     t0 = time.monotonic()
@@ -165,6 +175,8 @@ async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: 
         parts.ledger.append_many(Provenance.of(load_scenario(cfg.plant.scenario)).events_for(feed.close()))
         parts.checkpointer.now()
         parts.ledger.close()
+        if metrics_srv is not None:
+            metrics_srv.stop()
     say(f"ingest {worker} stopped: {parts.ingest.stats.readings_in} readings in,"
         f" {parts.ingest.sink.rows_committed} committed")
     return parts.ingest
