@@ -43,7 +43,10 @@ def _load(config_path: Path | None, data_dir: Path | None) -> Config:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug, -vvv asyncua too).")
-def cli(verbose: int) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="QCTRACE_LOG_FORMAT", help="json: one object per line (ts, level, logger, message, event,"
+              " and each key=value field) for log shippers.")
+def cli(verbose: int, log_format: str = "text") -> None:
     """qctrace: quality control and traceability for IoT production lines and cold chains.
 
     Edge readers collect readings from OPC UA PLCs and serial loggers, ingest flags anomalies with
@@ -51,7 +54,9 @@ def cli(verbose: int) -> None:
     episodes and shipments so auditors can verify them. Start with `qctrace demo`.
     """
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from qctrace.logs import configure
+
+    configure(level, log_format, sys.stderr)
     # asyncua logs every failed request of a reconnect as an ERROR with a traceback; qctrace logs
     # the outage itself (opcua.lost / opcua.resumed) and records it as a gap.
     logging.getLogger("asyncua").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
