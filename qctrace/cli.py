@@ -764,5 +764,39 @@ def alarms_in_service(alarm_id: str, user: str, comment: str, config_path: Path 
     click.echo(_alarm_line(return_to_service(_load(config_path, data_dir), alarm_id, user, comment)))
 
 
+@cli.command()
+@_config_option
+@_data_dir_option
+@click.option("--url", "urls", multiple=True, metavar="URL",
+              help="A process's metrics address (http://host:port), repeatable. Default: the ports in [metrics].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_errors
+def status(config_path: Path | None, data_dir: Path | None, urls: tuple[str, ...], as_json: bool) -> None:
+    """Health of the running deployment: one row per process, what is wrong in words.
+
+    Asks each process's /health endpoint; when none answers, shows what the data directory says
+    (last commit, spools on disk, ledger size, last checkpoint and anchor). Exit status 1 when a
+    process reports "down", or when a --url given does not answer.
+    """
+    from qctrace import status as st
+
+    cfg = _load(config_path, data_dir)
+    targets = {u: u for u in urls} if urls else st.configured_urls(cfg)
+    rows = [st.probe(name, url) for name, url in targets.items()]
+    running = [r for r in rows if r.status != "not running"]
+    data = None if running and not data_dir else st.data_dir_view(cfg.data_dir.resolve())
+    if as_json:
+        click.echo(json.dumps(st.as_json(rows, data), indent=1))
+    else:
+        click.echo(st.table(rows))
+        if not running:
+            click.echo("nothing answers: no qctrace process runs with metrics on these ports")
+        if data:
+            click.echo("")
+            for k, v in data:
+                click.echo(f"{k + ':':<17} {v}")
+    sys.exit(st.exit_code(rows, explicit=bool(urls)))
+
+
 def main() -> None:
     cli(prog_name="qctrace")
