@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from firmware_sim.opcua_server import ServerSecurity
 from firmware_sim.plant import SimulatedPlant
@@ -32,11 +33,16 @@ async def serve(scenario: Scenario, seed: int, speed: float, truth_dir: Path | N
                 opcua_port: int = 0, control: bool = False, duration_s: float | None = None,
                 announce: Callable[[dict], None] | None = None, dev_dir: Path | None = None,
                 processes: bool | None = None, security: ServerSecurity | None = None,
-                baudrate: int | None = None) -> dict[str, int]:
+                baudrate: int | None = None, metrics_port: int = 0) -> dict[str, int]:
     """Run the plant until stopped; returns readings produced per source."""
+    from qctrace.metrics import SimMetrics
+    from qctrace.metrics import serve as serve_metrics
+
     stop_ticks = asyncio.Event()
     async with SimulatedPlant(scenario, seed, speed, host, opcua_port, processes=processes, dev_dir=dev_dir,
-                              security=security, baudrate=baudrate, work_dir=truth_dir) as plant:
+                              security=security, baudrate=baudrate, work_dir=truth_dir) as plant, \
+            _metrics(serve_metrics("sim", host, metrics_port)) as registry:
+        SimMetrics(registry, plant.produced)
         if control:
             _emit("ready", **plant.endpoints)
             cmd = await _read_command()
@@ -66,6 +72,16 @@ async def serve(scenario: Scenario, seed: int, speed: float, truth_dir: Path | N
                 while await _read_command() != "quit":
                     pass
         return produced
+
+
+@contextlib.asynccontextmanager
+async def _metrics(served: tuple) -> AsyncIterator[Any]:
+    server, registry, _health = served
+    try:
+        yield registry
+    finally:
+        if server is not None:
+            server.stop()
 
 
 async def _read_command() -> str:

@@ -133,7 +133,7 @@ async def _start_sim(cfg: Config, data_dir: Path) -> tuple[_Child, dict]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "qctrace", "sim", p.scenario, "--seed", str(p.seed), "--speed", str(p.speed),
         "--host", p.host, "--port", str(p.opcua_port), "--truth-dir", str(data_dir / TRUTH_DIR),
-        "--dev-dir", str(data_dir / "dev"), "--control",
+        "--dev-dir", str(data_dir / "dev"), "--control", "--metrics-port", str(cfg.metrics.sim_port),
         # The simulator offers secure endpoints and puts its certificates where the demo's readers trust them.
         *(() if cfg.edge.opcua.security_policy == "None" else
           ("--secure", "--cert-dir", str(data_dir / "sim" / "pki"), "--publish-cert", str(data_dir / "sim" / "certs"))),

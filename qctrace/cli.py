@@ -126,10 +126,13 @@ def demo(config_path: Path | None, data_dir: Path | None, duration: float | None
 @click.option("--baud", type=click.IntRange(min=300), default=None,
               help="Pace logger frames as a real line at this baud rate would (8N1).")
 @click.option("--control", is_flag=True, hidden=True, help="Child mode: JSON lines out, commands on stdin.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Serve Prometheus /metrics and /health here (readings produced); 0 = off.")
 @_errors
 def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: float | None,
         truth_dir: Path | None, dev_dir: Path | None, replay_to: Path | None, processes: bool | None, secure: bool,
-        cert_dir: Path, publish_cert: Path | None, users: tuple[str, ...], baud: int | None, control: bool) -> None:
+        cert_dir: Path, publish_cert: Path | None, users: tuple[str, ...], baud: int | None, control: bool,
+        metrics_port: int = 0) -> None:
     """Run the simulated plant: OPC UA line PLCs and serial loggers, or replay it to Parquet.
 
     SCENARIO is a shipped scenario name (demo, coldchain, faults, stress) or a path to a scenario
@@ -172,7 +175,8 @@ def sim(scenario: str, seed: int, speed: float, host: str, port: int, duration: 
 
     try:
         produced = asyncio.run(serve(sc, seed, speed, truth_dir, host, port, control, duration, announce,
-                                     dev_dir=dev_dir, processes=processes, security=security, baudrate=baud))
+                                     dev_dir=dev_dir, processes=processes, security=security, baudrate=baud,
+                                     metrics_port=metrics_port))
     except KeyboardInterrupt:
         return
     if not control:
