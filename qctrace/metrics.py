@@ -1,4 +1,4 @@
-"""Prometheus metrics and a JSON health endpoint for each long-running process (edge, ingest, sim, demo).
+"""Prometheus metrics and a JSON health endpoint for the long-running processes (edge, ingest, sim, demo).
 
 Counters that the pipeline already keeps (ForwarderStats, IngestStats, Spool depth) are read when
 Prometheus scrapes, through custom collectors, so nothing is counted twice and the hot paths stay
@@ -302,15 +302,6 @@ class SimMetrics:
         registry.register(_Pull(families))
 
 
-class DashboardMetrics:
-    """Dashboard page renders, counted in the Streamlit process (its registry is the default one)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.renders = Counter("qctrace_dashboard_renders", "Dashboard page renders", ["page"], registry=registry)
-        self.render_seconds = Histogram("qctrace_dashboard_render_seconds", "Time to render a page", ["page"],
-                                        registry=registry)
-
-
 class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/health`` (JSON; HTTP 503 when down) on a daemon thread.
 
@@ -397,5 +388,5 @@ def serve(process: str, host: str, port: int) -> tuple[MetricsServer | None, Col
     return server, reg, health
 
 
-__all__ = ["DEGRADED", "DOWN", "OK", "DashboardMetrics", "EdgeMetrics", "Health", "IngestMetrics",
+__all__ = ["DEGRADED", "DOWN", "OK", "EdgeMetrics", "Health", "IngestMetrics",
            "MetricsServer", "SimMetrics", "serve"]
