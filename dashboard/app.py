@@ -18,6 +18,7 @@ import streamlit as st
 
 from dashboard import auth, data, session, ui
 from qctrace.errors import ConfigError
+from qctrace.metrics import dashboard_metrics
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,7 +58,7 @@ def main() -> None:
     st.session_state.setdefault(data.DATA_DIR_KEY, str(Path(args.data_dir).resolve()))
     st.session_state.setdefault(data.CONFIG_KEY, args.config)
     try:
-        data.settings(data.config_path())
+        metrics_cfg = data.settings(data.config_path()).metrics
     except ConfigError as exc:
         st.error(ui.md_escape(str(exc)))
         st.stop()
@@ -76,7 +77,9 @@ def main() -> None:
             session.logout()
             st.rerun()
         st.caption(f"Data directory: {ui.md_escape(str(data.data_dir()))}")
-    page.run()
+    # page renders on /metrics ([metrics] dashboard_port, 0 = off), one server per Streamlit process
+    with dashboard_metrics(metrics_cfg.host, metrics_cfg.dashboard_port).rendering(page.url_path):
+        page.run()
 
 
 main()

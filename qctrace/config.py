@@ -406,6 +406,7 @@ class MetricsConfig(_Frozen):
     ingest_port: Annotated[int, Field(ge=0, le=65535)] = 9102
     sim_port: Annotated[int, Field(ge=0, le=65535)] = 9103
     demo_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    dashboard_port: Annotated[int, Field(ge=0, le=65535)] = 9104
     spool_age_warn_s: Annotated[float, Field(gt=0)] = 120.0
     commit_stale_s: Annotated[float, Field(gt=0)] = 30.0
 

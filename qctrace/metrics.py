@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -302,6 +302,38 @@ class SimMetrics:
         registry.register(_Pull(families))
 
 
+class DashboardMetrics:
+    """Page renders in the Streamlit process (one per process: Streamlit reruns the script, not the process)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.renders = Counter("qctrace_dashboard_page_renders", "Dashboard page renders", ["page"],
+                               registry=registry)
+        self.render_seconds = Histogram("qctrace_dashboard_render_seconds", "Time to render a page", ["page"],
+                                        registry=registry, buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+
+    @contextlib.contextmanager
+    def rendering(self, page: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:  # Streamlit ends a page with st.stop()/st.rerun() exceptions: still a render
+            self.renders.labels(page).inc()
+            self.render_seconds.labels(page).observe(time.perf_counter() - t0)
+
+
+_dashboards: dict[tuple[str, int], DashboardMetrics] = {}
+_dashboards_lock = threading.Lock()
+
+
+def dashboard_metrics(host: str, port: int) -> DashboardMetrics:
+    """The Streamlit process's one set (its caches may be cleared; its port stays bound)."""
+    with _dashboards_lock:
+        if (host, port) not in _dashboards:
+            _server, registry, _health = serve("dashboard", host, port)
+            _dashboards[(host, port)] = DashboardMetrics(registry)
+        return _dashboards[(host, port)]
+
+
 class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/health`` (JSON; HTTP 503 when down) on a daemon thread.
 
@@ -388,5 +420,5 @@ def serve(process: str, host: str, port: int) -> tuple[MetricsServer | None, Col
     return server, reg, health
 
 
-__all__ = ["DEGRADED", "DOWN", "OK", "EdgeMetrics", "Health", "IngestMetrics",
+__all__ = ["DEGRADED", "DOWN", "OK", "DashboardMetrics", "EdgeMetrics", "Health", "IngestMetrics",
            "MetricsServer", "SimMetrics", "serve"]

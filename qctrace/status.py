@@ -33,7 +33,8 @@ class ProcessHealth:
 
 def configured_urls(cfg: Config) -> dict[str, str]:
     m = cfg.metrics
-    ports = {"demo": m.demo_port, "edge": m.edge_port, "ingest": m.ingest_port, "sim": m.sim_port}
+    ports = {"demo": m.demo_port, "edge": m.edge_port, "ingest": m.ingest_port, "sim": m.sim_port,
+             "dashboard": m.dashboard_port}
     return {name: f"http://{m.host}:{port}" for name, port in ports.items() if port}
 
 
