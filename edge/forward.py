@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +29,7 @@ import pyarrow.compute as pc
 
 from edge.spool import Spool
 from qctrace import wire
+from qctrace.durable import atomic_write
 from qctrace.errors import PayloadError, SpoolFull
 from qctrace.schema import Gap, source_keys
 
@@ -75,11 +78,38 @@ class Forwarder:
         link.on_peer_online = self.resend_now
         spool.on_drop = self._dropped
         self._unsent = list(spool.pending())  # after a restart: everything still spooled goes again
+        self._last_ts: dict[str, int] = _load_last_ts(self._last_ts_path)
+        self._restarted_after = dict(self._last_ts)  # sources whose first batch now follows an outage
         if self._unsent:
             log.info("forward.replay node=%s records=%d", node, len(self._unsent))
 
+    @property
+    def _last_ts_path(self) -> Path:
+        return self.spool.dir / "last_ts.json"
+
     async def publish(self, item: wire.Item) -> None:
-        """What readers call: returns once the item is durable in the spool (not yet delivered)."""
+        """What readers call: returns once the item is durable in the spool (not yet delivered).
+
+        The first batch of a source after this node (re)started is preceded by a gap record from
+        the last reading spooled before the restart: readings the PLC produced while the edge was
+        down were never collected (unless history backfill brings them), and downstream must know.
+        """
+        if not isinstance(item, Gap) and item.num_rows:
+            spans = source_spans(item)
+            for src, (lo, _hi) in spans.items():
+                before = self._restarted_after.pop(src, None)
+                if before is not None and lo > before:
+                    await self._append(Gap(src, before, lo, f"edge node {self.node} restarted; readings in"
+                                                              " between were not collected"))
+            await self._append(item)
+            for src, (_lo, hi) in spans.items():
+                if hi > self._last_ts.get(src, -1):
+                    self._last_ts[src] = hi
+            self._last_ts_dirty = True
+            return
+        await self._append(item)
+
+    async def _append(self, item: wire.Item) -> None:
         t0 = None
         while True:
             try:
@@ -156,7 +186,7 @@ class Forwarder:
             await self._pump()
             now = time.monotonic()
             if now - last_save >= 1.0:
-                self.spool.save_state()
+                self._save()
                 last_save = now
             if stop.is_set():
                 give_up = give_up or now + linger_s
@@ -167,9 +197,19 @@ class Forwarder:
                 await asyncio.wait_for(self._wake.wait(), tick_s)
             except TimeoutError:
                 pass
-        self.spool.save_state()
+        self._save()
         if self.spool.depth:
             log.warning("forward.stopped node=%s unacknowledged=%d (kept in the spool)", self.node, self.spool.depth)
+
+    _last_ts_dirty = False
+
+    def _save(self) -> None:
+        """Release watermark and last spooled time per source, about once a second. The times may
+        lag what is spooled by that second, which only makes a restart's gap record start earlier."""
+        self.spool.save_state()
+        if self._last_ts_dirty:
+            atomic_write(self._last_ts_path, json.dumps(self._last_ts).encode())
+            self._last_ts_dirty = False
 
     async def _pump(self) -> None:
         if not self.link.up:
@@ -213,6 +253,30 @@ def topic_hint(item: wire.Item) -> str:
     if item.num_rows == 0:
         return "_/_"
     return f"{item.column('site')[0].as_py()}/{item.column('line')[0].as_py()}"
+
+
+def source_spans(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
+    """First and last source time per source of a batch."""
+    src = source_keys(batch)
+    enc = pc.dictionary_encode(src)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    ts = batch.column("ts").cast(pa.int64()).to_numpy()
+    n = len(enc.dictionary)
+    lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(lo, codes, ts)
+    np.maximum.at(hi, codes, ts)
+    return {name: (int(lo[i]), int(hi[i])) for i, name in enumerate(enc.dictionary.to_pylist())}
+
+
+def _load_last_ts(path: Path) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, TypeError, AttributeError):
+        log.error("forward.bad_last_ts file=%s (restart gaps cannot be recorded this time)", path)
+        return {}
 
 
 def loss_markers(batch: pa.RecordBatch, reason: str) -> list[Gap]:

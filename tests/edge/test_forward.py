@@ -109,3 +109,15 @@ async def test_a_full_spool_dropping_its_oldest_records_sends_loss_markers_namin
         named |= set(range(int(lo), int(hi) + 1))
     assert got.isdisjoint(named)
     assert got | named == set(range(1500)), "every reading is either in Parquet or named as dropped"
+
+
+async def test_the_first_batch_after_a_restart_follows_a_gap_from_the_last_reading_spooled(tmp_path):
+    p = Pipe(tmp_path, Spool(tmp_path / "spool", fsync=False))
+    await p.run([batch(0), batch(1)])  # readings 0..99 at T0 + seq seconds
+    p2 = Pipe(tmp_path, Spool(tmp_path / "spool", fsync=False))
+    await p2.run([batch(5)])  # the edge was down while seq 100..249 were produced
+    gaps = [f for f in p2.facts if isinstance(f, Gap)]
+    assert len(gaps) == 1
+    g = gaps[0]
+    assert (g.source, g.start_ns, g.end_ns) == ("plant1/line1/plc1", T0 + 99 * 10**9, T0 + 250 * 10**9)
+    assert "restarted" in g.reason
