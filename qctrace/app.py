@@ -267,6 +267,8 @@ async def run_demo(cfg: Config, duration_s: float | None, dashboard: bool,
                 await _drain(readers, produced, timeout_s=20.0)
                 reader_stop.set()
                 await asyncio.gather(*reader_tasks)
+                for r in readers:  # what they still hold goes to the spool while the forwarder runs
+                    await r.flush()
                 forward_stop.set()
                 await forward_task
                 if not await forwarder.drain(timeout_s=30.0):
