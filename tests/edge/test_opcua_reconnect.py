@@ -47,7 +47,7 @@ async def test_a_plc_restarted_mid_subscription_is_a_gap_and_nothing_after_the_r
     opts = OpcUaClientConfig(pki_dir=tmp_path / "pki", trust_dir=tmp_path / "pub", backoff_initial_s=0.2,
                              backoff_max_s=1.0)
     out = Collected()
-    async with SimulatedPlant(parse_scenario(_RESTART), seed=1, speed=2, processes=False, security=sec) as plant:
+    async with SimulatedPlant(parse_scenario(_RESTART), seed=1, speed=4, processes=False, security=sec) as plant:
         r = reader(plant.endpoints["opcua"][0], out, opts=opts, timeout_s=2)
         await run_for(r, plant, ticks=20, settle_s=1.5)
         sent = _sent(plant)
