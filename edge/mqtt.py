@@ -59,18 +59,27 @@ def mqtt_password(cfg: MqttConfig) -> str | None:
     return os.environ.get(cfg.password_env)
 
 
-def tls_problem(cfg: MqttConfig, timeout_s: float = 3.0) -> str | None:
-    """Why a TLS handshake with the broker fails, in words; paho's network thread only says "no connection"."""
+def tls_problem(cfg: MqttConfig, timeout_s: float = 3.0, alert_wait_s: float = 0.3) -> str | None:
+    """Why a TLS handshake with the broker fails, in words; paho's network thread only says "no connection".
+
+    Without a client certificate, waits ``alert_wait_s`` for a TLS 1.3 "certificate required" alert,
+    which a broker that demands one sends only after the handshake looks complete to the client."""
     ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
     if cfg.cert_file:
         ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
     try:
         with socket.create_connection((cfg.host, cfg.port), timeout=timeout_s) as raw, \
-                ctx.wrap_socket(raw, server_hostname=cfg.host):
+                ctx.wrap_socket(raw, server_hostname=cfg.host) as tls:
+            if cfg.cert_file is None and alert_wait_s > 0:
+                tls.settimeout(alert_wait_s)
+                with contextlib.suppress(TimeoutError):
+                    tls.recv(1)
             return None
     except ssl.SSLError as exc:
         why = (f"certificate verify failed: {exc.verify_message}" if isinstance(exc, ssl.SSLCertVerificationError)
                else exc.reason or str(exc))
+        if "CERTIFICATE_REQUIRED" in str(why).upper():
+            why = f"{why} (the broker wants a client certificate: set mqtt.cert_file and mqtt.key_file)"
         return f"TLS handshake refused: {why}" + (f" (CA file {cfg.ca_file})" if cfg.ca_file else "")
     except OSError as exc:
         return f"TLS connection failed: {exc}"

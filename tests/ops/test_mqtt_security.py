@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -135,3 +136,65 @@ def test_password_file_must_be_private(tmp_path):
 def test_password_in_toml_is_refused():
     with pytest.raises(ValueError, match="never goes in the configuration file"):
         MqttConfig.model_validate({"username": "e1", "password": "x"})
+
+
+def test_client_certificate_required_and_accepted(tmp_path, monkeypatch):
+    pki = throwaway_pki(tmp_path / "pki", clients=("e1",))
+    with LocalBroker(tmp_path / "broker", tls=pki, require_certificate=True, users=PASSWORDS) as b:
+        async def go(**kw):
+            link = await MqttLink(cfg(b, pki, "e1", monkeypatch, **kw), "e1").start()
+            await link.close()
+        asyncio.run(go(cert_file=pki.clients["e1"].cert, key_file=pki.clients["e1"].key))
+        with pytest.raises(TransportError, match=f"mqtt://127.0.0.1:{b.port}: TLS .*set mqtt.cert_file"):
+            asyncio.run(go())
+
+
+def test_shipped_tls_configuration_starts_and_enforces_the_acl(tmp_path, pki, monkeypatch):
+    """qctrace/deploy/mosquitto-tls.conf with its /etc paths pointed at test files: a real broker
+    starts from it, refuses anonymous clients and applies the shipped ACL."""
+    import subprocess
+    from importlib import resources
+
+    from qctrace.broker import acl_text, free_port, listening, mosquitto_binary
+    port = free_port()
+    (tmp_path / "acl").write_text(acl_text())
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    for u, p in PASSWORDS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(pw), u, p], check=True)
+    text = resources.files("qctrace").joinpath("deploy/mosquitto-tls.conf").read_text()
+    text = (text.replace("listener 8883", f"listener {port} 127.0.0.1")
+            .replace("/etc/mosquitto/certs/ca.crt", str(pki.ca.cert))
+            .replace("/etc/mosquitto/certs/server.crt", str(pki.server.cert))
+            .replace("/etc/mosquitto/certs/server.key", str(pki.server.key))
+            .replace("/etc/mosquitto/qctrace.passwd", str(pw))
+            .replace("/etc/mosquitto/qctrace.acl", str(tmp_path / "acl")))
+    assert "/etc/" not in text
+    conf = tmp_path / "m.conf"
+    conf.write_text("user root\n" + text)
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not listening("127.0.0.1", port, 0.2):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        broker = LocalBroker(tmp_path / "unused", port=port)
+
+        async def go():
+            source = await MqttSource(cfg(broker, pki, "qctrace-ingest", monkeypatch), "w1").start()
+            link = await MqttLink(cfg(broker, pki, "e1", monkeypatch), "e1").start()
+            try:
+                link._conn.publish("qctrace/v1/plant1/line1/e2/readings", b"forged")
+                await link.send(b"own", "plant1/line1")
+                assert await first_payload(source, 5.0) == b"own"
+                assert await first_payload(source, 0.5) is None
+            finally:
+                await link.close()
+                await source.close()
+        asyncio.run(go())
+        with pytest.raises(TransportError, match="refused"):
+            asyncio.run(MqttLink(MqttConfig(port=port, tls=True, ca_file=pki.ca.cert, keepalive_s=5), "anon").start())
+    finally:
+        proc.terminate()
+        proc.wait(10)
