@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean system-deps
+.PHONY: demo test lint bench soak install clean system-deps
 
 # Debian packages the tests need: mosquitto (MQTT transport tests start their own broker when
 # nothing listens) and chromium + chromedriver (the dashboard's browser test). Installed only
@@ -40,5 +40,11 @@ test: $(STAMP) lint system-deps
 bench: $(STAMP)
 	@for b in $$(grep -l '__main__' bench/*.py); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# The fault campaign: 30 minutes of random faults per seed (kill -9 of ingest and edge, broker crashes)
+# on the distributed pipeline, checked against the simulator's ground truth. Not part of `make test`.
+SOAK_S ?= 1800
+soak: $(STAMP) system-deps
+	$(BIN)/qctrace campaign --duration $(SOAK_S) --seeds 1,2,3 --work-dir campaign-data
+
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-data campaign-data .pytest_cache .ruff_cache
