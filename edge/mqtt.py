@@ -125,6 +125,9 @@ class _Connection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.publish_refused = 0  # PUBACKs with a failure reason (the broker's ACL: "Not authorized")
+        self.last_publish_refusal = ""
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -146,6 +149,17 @@ class _Connection:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.on_message(msg)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if not getattr(reason, "is_failure", False):
+            return
+        self.publish_refused += 1
+        self.last_publish_refusal = str(reason)
+        n = self.publish_refused
+        if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: loud at first, never a flood
+            log.error("mqtt.publish_refused broker=%s:%d reason=%s count=%d user=%s (with the shipped ACL an edge"
+                      " node's mqtt.username must be its edge.node)", self.cfg.host, self.cfg.port, reason, n,
+                      self.cfg.username or "-")
 
     async def start(self, timeout_s: float = 10.0) -> None:
         if self.cfg.tls:  # a certificate problem never heals by retrying: say so now, not after the timeout
@@ -221,6 +235,10 @@ class MqttLink(Link):
     @property
     def up(self) -> bool:
         return self._conn is not None and self._conn.connected.is_set()
+
+    @property
+    def publish_refused(self) -> int:
+        return self._conn.publish_refused if self._conn is not None else 0
 
     async def send(self, payload: bytes, topic_hint: str) -> None:
         info = self._conn.publish(readings_topic(self.cfg, topic_hint, self.node), payload)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 _RANK = {OK: 0, DEGRADED: 1, DOWN: 2}
 
+REFUSAL_MEMORY_S = 60.0  # a refused publish keeps an edge "down" this long after the last one
+
 Problem = tuple[str, str]  # (DEGRADED | DOWN, what is wrong in words)
 Check = Callable[[], list[Problem]]
 
@@ -148,6 +150,8 @@ class EdgeMetrics:
             yield _gauge("qctrace_edge_spool_oldest_age_seconds", "Age of the oldest unacknowledged record",
                          spool.oldest_age_s())
             yield _gauge("qctrace_edge_broker_connected", "1 when the MQTT link is up", 1.0 if link.up else 0.0)
+            yield _counter("qctrace_edge_publishes_refused", "Publishes the broker refused (ACL: not authorized)",
+                           getattr(link, "publish_refused", 0))
             g = GaugeMetricFamily("qctrace_edge_reader_open", "1 while a reader is open (its lifecycle state)",
                                   labels=["reader"])
             for r in readers:
@@ -167,12 +171,25 @@ class EdgeMetrics:
             return [] if since is None else [(DEGRADED, f"broker disconnected since {clock(since)}"
                                                          f" (readings are spooled: {spool.depth} waiting)")]
 
+        refusals = {"n": 0, "at": 0.0}
+
+        def refusal_check() -> list[Problem]:
+            n = getattr(link, "publish_refused", 0)
+            if n > refusals["n"]:
+                refusals.update(n=n, at=time.time())
+            if n and time.time() - refusals["at"] < REFUSAL_MEMORY_S:  # nothing this node sends arrives
+                why = getattr(getattr(link, "_conn", None), "last_publish_refusal", "") or "refused"
+                return [(DOWN, f"broker refused {n} publishes ({why}), the last at {clock(refusals['at'])}:"
+                               " readings stay spooled, none reach ingest; is mqtt.username this node's name?")]
+            return []
+
         def readers_check() -> list[Problem]:
             closed = [_reader_name(r) for r in readers if getattr(r.state, "value", "") != "open"]
             return [(DEGRADED, f"reader {n} not open") for n in closed]
 
         self.health.add("spool", spool_check)
         self.health.add("broker", link_check)
+        self.health.add("broker", refusal_check)
         if readers:
             self.health.add("readers", readers_check)
 

@@ -198,3 +198,34 @@ def test_shipped_tls_configuration_starts_and_enforces_the_acl(tmp_path, pki, mo
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_refused_publishes_make_the_edge_down_in_health(broker, pki, monkeypatch):
+    """An edge whose username is not its node name: every publish is refused (PUBACK "Not authorized");
+    its /health says so instead of looking merely idle."""
+    from prometheus_client import CollectorRegistry
+
+    from edge.forward import Forwarder
+    from edge.spool import Spool
+    from qctrace.metrics import EdgeMetrics, Health
+
+    async def go():
+        link = await MqttLink(cfg(broker, pki, "e1", monkeypatch), "e2").start()
+        spool = Spool(broker.state_dir.parent / "spool", fsync=False)
+        fwd = Forwarder("e2", spool, link)
+        hl = Health("edge e2")
+        EdgeMetrics(CollectorRegistry(), hl).watch(fwd, link, [])
+        try:
+            await link.send(b"x", "plant1/line1")
+            for _ in range(100):
+                if link.publish_refused:
+                    break
+                await asyncio.sleep(0.05)
+            rep = hl.report()
+            assert rep["status"] == "down"
+            # the birth state on _edge/e2/state and the readings: both outside e1's branch
+            assert "broker refused 2 publishes (Not authorized)" in " ".join(rep["components"]["broker"]["problems"])
+        finally:
+            await link.close()
+            spool.close()
+    asyncio.run(go())

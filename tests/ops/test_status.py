@@ -61,7 +61,7 @@ def test_status_data_dir_view_when_nothing_runs(tmp_path):
     asyncio.run(put())
     spool.close()
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'data_dir = "{data}"\n[metrics]\ndemo_port = 0\nedge_port = 0\ningest_port = 0\nsim_port = 0\n')
+    cfg.write_text(f'data_dir = "{data}"\n[metrics]\ndemo_port = 0\nedge_port = 0\ningest_port = 0\nsim_port = 0\ndashboard_port = 0\n')
     r = CliRunner().invoke(cli, ["status", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "last commit:" in r.output and "s ago" in r.output.split("last commit:")[1].splitlines()[0]
