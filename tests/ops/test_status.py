@@ -61,7 +61,8 @@ def test_status_data_dir_view_when_nothing_runs(tmp_path):
     asyncio.run(put())
     spool.close()
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'data_dir = "{data}"\n[metrics]\ndemo_port = 0\nedge_port = 0\ningest_port = 0\nsim_port = 0\ndashboard_port = 0\n')
+    ports = "".join(f"{p}_port = 0\n" for p in ("demo", "edge", "ingest", "sim", "dashboard"))
+    cfg.write_text(f'data_dir = "{data}"\n[metrics]\n{ports}')
     r = CliRunner().invoke(cli, ["status", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "last commit:" in r.output and "s ago" in r.output.split("last commit:")[1].splitlines()[0]
