@@ -149,3 +149,24 @@ def test_busy_port_is_a_clear_error():
     reg, hl = CollectorRegistry(), Health("x")
     with MetricsServer(reg, hl, port=0) as first, pytest.raises(ConfigError, match=r"cannot listen on .*set another"):
         MetricsServer(reg, hl, port=first.port)
+
+
+def test_alarms_raised_are_counted_by_priority(tmp_path):
+    """The real alarm feed: a spec episode (high) and a cold-chain band excursion (critical) raise one
+    alarm each; their clears are not counted as raises."""
+    from ingest.episodes import Episode
+    from qctrace.alarm_ops import AlarmFeed
+    from qctrace.config import Config
+    from qctrace.schema import Flag
+
+    s = 10**9
+    reg = CollectorRegistry()
+    im = IngestMetrics(reg, Health("ingest"))
+    feed = im.counting_alarms(AlarmFeed(Config(data_dir=tmp_path)))
+    facts = feed([Episode("p/l1/plc/weight", T0, T0 + 4 * s, int(Flag.SPEC_HIGH), 1.0, 9.0, 5, "L1"),
+                  Episode("c/truck1/log/temperature", T0, T0 + 300 * s, int(Flag.BAND_HIGH), 1.0, 9.0, 5, "L1")])
+    raised = {t.alarm.priority for t in facts if getattr(getattr(t, "action", None), "value", "") == "raised"}
+    assert raised == {"high", "critical"}
+    assert reg.get_sample_value("qctrace_ingest_alarms_raised_total", {"priority": "high"}) == 1
+    assert reg.get_sample_value("qctrace_ingest_alarms_raised_total", {"priority": "critical"}) == 1
+    assert reg.get_sample_value("qctrace_ingest_alarms_raised_total", {"priority": "low"}) is None
