@@ -68,7 +68,8 @@ def recall(lot: str, reason: str) -> ledger_ops.RecallReport:
 
 
 def export(kind: str, lot: str) -> tuple[str, bytes, str]:
-    """(file name, bytes, MIME type) of a lot's EPCIS 2.0 document, FSMA 204 spreadsheet or audit bundle.
+    """(file name, bytes, MIME type) of a lot's EPCIS 2.0 document, FSMA 204 spreadsheet, audit bundle
+    or quality report (PDF: control charts, capability, episodes, alarms, ledger proofs).
 
     Exports only read the ledger, but they are evidence handed to outsiders, so they need the
     trace permission at the moment they are made.
@@ -88,8 +89,13 @@ def export(kind: str, lot: str) -> tuple[str, bytes, str]:
         elif kind == "bundle":
             out, mime = Path(tmp) / f"{lot}-audit-bundle.zip", "application/zip"
             ledger_ops.export_bundle(cfg, out, lot)
+        elif kind == "report":
+            from qctrace.report import write_report
+
+            out, mime = Path(tmp) / f"{lot}-quality-report.pdf", "application/pdf"
+            write_report(cfg, lot, "pdf", out)
         else:
-            raise ValueError(f"unknown export {kind!r}: epcis, fsma or bundle")
+            raise ValueError(f"unknown export {kind!r}: epcis, fsma, bundle or report")
         return out.name, out.read_bytes(), mime
 
 

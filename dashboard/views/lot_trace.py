@@ -12,7 +12,8 @@ import streamlit as st
 from dashboard import actions, data, genealogy, session, trace, ui
 from qctrace.errors import QctraceError
 
-EXPORTS = (("epcis", "EPCIS 2.0 (JSON-LD)"), ("fsma", "FSMA 204 spreadsheet (XLSX)"), ("bundle", "Audit bundle (zip)"))
+EXPORTS = (("epcis", "EPCIS 2.0 (JSON-LD)"), ("fsma", "FSMA 204 spreadsheet (XLSX)"), ("bundle", "Audit bundle (zip)"),
+           ("report", "Quality report (PDF)"))
 
 
 def _badges(chain: data.ChainStatus, proof: data.Proof) -> None:

@@ -328,7 +328,7 @@ def test_trace_search_narrows_the_lots(demo_dir):
     assert "No lot matches that search." in _texts(at, "warning")
 
 
-def test_trace_exports_epcis_fsma_and_bundle(demo_dir):
+def test_trace_exports_epcis_fsma_bundle_and_quality_report(demo_dir):
     lot = _lot_with_everything(demo_dir)
     at = _run(VIEWS / "lot_trace.py", demo_dir, COMPLIANCE)
     at.selectbox(key="lt_lot").set_value(lot).run()
@@ -340,7 +340,9 @@ def test_trace_exports_epcis_fsma_and_bundle(demo_dir):
     assert name == f"{lot}-epcis.json" and doc["type"] == "EPCISDocument"
     assert any(lot in json.dumps(e) for e in doc["epcisBody"]["eventList"])
     assert prepared["fsma"][1][:2] == b"PK" and prepared["bundle"][1][:2] == b"PK"  # xlsx and zip
-    assert len([b for b in at.get("download_button")]) == 3
+    name, blob, mime = prepared["report"]
+    assert name == f"{lot}-quality-report.pdf" and blob[:5] == b"%PDF-" and mime == "application/pdf"
+    assert len([b for b in at.get("download_button")]) == 4
 
 
 def test_compliance_holds_a_lot_and_the_ledger_names_them(demo_copy):
