@@ -40,3 +40,4 @@ def demo_copy(demo_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(demo_dir, dst, ignore=shutil.ignore_patterns("dev"), symlinks=True)
     return dst
+
