@@ -22,16 +22,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
 
-from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
+from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of, streams_of
 from ingest.sink import read_dataset
 from qctrace.broker import LocalBroker
 from qctrace.errors import QctraceError
 
-FAULTS = ("kill_ingest", "kill_edge", "crash_broker")
+FAULTS = ("kill_ingest", "kill_edge", "crash_broker", "restart_plc", "unplug_logger")
+PROCESS_FAULTS = ("kill_ingest", "kill_edge", "crash_broker")
+"""Injected by the campaign at random real instants; the others are scheduled inside the simulator
+(at random simulated instants drawn from the seed), because only it can stop a PLC or pull a cable."""
 READY = {"ingest": "ingest w1: $share/", "edge": " readers open "}
 
 
@@ -146,6 +150,8 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
     data, conf, logs = work / "data", work / "qctrace.toml", work / "logs"
     logs.mkdir(exist_ok=True)
     result = CampaignResult(seed, duration_s)
+    scenario = _with_device_faults(scenario, faults, work / "scenario.toml", rng, duration_s * speed, result.faults)
+    runtime_faults = tuple(f for f in faults if f in PROCESS_FAULTS)
     with LocalBroker(work / "broker") as broker:
         sim = _spawn("sim", scenario, "--seed", str(seed), "--speed", str(speed), "--truth-dir",
                      str(data / "truth"), "--dev-dir", str(data / "dev"), "--control", stdin=subprocess.PIPE,
@@ -161,7 +167,9 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
             t0 = time.monotonic()
             while time.monotonic() - t0 < duration_s:
                 time.sleep(rng.uniform(0.1, 2 * mean_interval_s))
-                fault = rng.choice(faults)
+                if not runtime_faults:
+                    continue
+                fault = rng.choice(runtime_faults)
                 result.faults[fault] += 1
                 say(f"  {time.monotonic() - t0:6.1f} s  {fault}")
                 if fault == "crash_broker":
@@ -192,6 +200,37 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
                 sim.kill()
     _audit(result, data)
     return result
+
+
+def _with_device_faults(scenario: str, faults: tuple[str, ...], path: Path, rng: random.Random, sim_s: float,
+                        counts: Counter) -> str:
+    """The scenario plus PLC restarts and logger unplugs at random simulated instants of the run
+    (none in its first and last tenth), as a scenario file of its own; or the scenario unchanged."""
+    wanted = [f for f in faults if f in ("restart_plc", "unplug_logger")]
+    if not wanted:
+        return scenario
+    sc = load_scenario(scenario)
+    p = Path(scenario)
+    if p.suffix == ".toml" and p.exists():
+        text = p.read_text()
+    else:
+        text = resources.files("firmware_sim").joinpath("scenarios", f"{scenario}.toml").read_text()
+    targets = {"restart_plc": sorted({s.line_key for s in streams_of(sc) if s.kind == "opcua"}),
+               "unplug_logger": [sh.id for sh in shipments_of(sc)]}
+    kinds = {"restart_plc": "opcua_server_restart", "unplug_logger": "device_disconnect"}
+    slot_s = 40.0  # at most one fault per 40 simulated seconds: windows never overlap
+    slots = max(int(sim_s * 0.8 // slot_s), 1)
+    extra = []
+    for k in sorted(rng.sample(range(slots), k=max(1, slots // 2))):
+        kind = rng.choice(wanted)
+        if not targets[kind]:
+            continue
+        counts[kind] += 1
+        at = sim_s * 0.1 + k * slot_s + rng.uniform(0, 10)
+        extra.append(f'\n[[faults]]\nkind = "{kinds[kind]}"\ntarget = "{rng.choice(targets[kind])}"\n'
+                     f"at_s = {at:.1f}\nduration_s = {rng.uniform(5, 20):.1f}\n")
+    path.write_text(text + "".join(extra))
+    return str(path)
 
 
 def _settle(data: Path, produced: int, timeout_s: float = 90.0) -> None:

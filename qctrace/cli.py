@@ -806,8 +806,8 @@ def status(config_path: Path | None, data_dir: Path | None, urls: tuple[str, ...
 @click.option("--duration", type=click.FloatRange(min=1), default=1800.0, show_default=True,
               help="Seconds of faults per seed.")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated seeds; one run each.")
-@click.option("--faults", default=",".join(("kill_ingest", "kill_edge", "crash_broker")), show_default=True,
-              help="Which faults the injector picks from.")
+@click.option("--faults", default="kill_ingest,kill_edge,crash_broker,restart_plc,unplug_logger", show_default=True,
+              help="Which faults to inject (PLC restarts and logger unplugs are scheduled in the simulator).")
 @click.option("--scenario", default="demo", show_default=True, help="Simulator scenario (e.g. stress: 10,000 tags).")
 @click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=20.0, show_default=True,
               help="Simulated seconds per real second.")
