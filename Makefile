@@ -38,7 +38,7 @@ test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	@for b in $$(grep -l '__main__' bench/*.py); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/results.py   # every bench/*.py, then bench/RESULTS.md
 
 # The fault campaign: 30 minutes of random faults per seed (kill -9 of ingest and edge, broker crashes)
 # on the distributed pipeline, checked against the simulator's ground truth. Not part of `make test`.
