@@ -132,8 +132,7 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
             reader_stop.set()
             await asyncio.gather(*tasks)
         fwd_stop.set()
-        await fwd_task
-        await fwd.drain(timeout_s=10.0)
+        await fwd_task  # lingers (resending) until ingest has acknowledged everything, or 5 s
     finally:
         fwd_task.cancel()
         await link.close()
