@@ -47,7 +47,19 @@ OPCUA_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaP
 _DEPRECATED_POLICIES = {"Basic128Rsa15": "RSA-PKCS#1 v1.5 and SHA-1", "Basic256": "SHA-1"}
 
 
-class OpcUaClientConfig(_Frozen):
+class _LogsIn(_Frozen):
+    """A section that logs in somewhere: the secret comes from the environment or a 0600 file, never the TOML."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password_here(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("a password never goes in the configuration file: set password_env (the name of an"
+                             " environment variable) or password_file (a file readable only by you, mode 0600)")
+        return data
+
+
+class OpcUaClientConfig(_LogsIn):
     """How edge readers talk to OPC UA servers: security, trust, limits, polling fallback.
 
     Secure by default: Basic256Sha256 SignAndEncrypt with a client certificate made on first run in
@@ -75,13 +87,6 @@ class OpcUaClientConfig(_Frozen):
     backoff_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
     history_backfill: bool = True
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_password_here(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            raise ValueError("a password never goes in the configuration file: set password_env (the name of an"
-                             " environment variable) or password_file (a file readable only by you, mode 0600)")
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> OpcUaClientConfig:
@@ -354,7 +359,7 @@ class SinkConfig(_Frozen):
     retry_s: Annotated[float, Field(gt=0)] = 5.0  # wait before retrying a commit the disk refused
 
 
-class MqttConfig(_Frozen):
+class MqttConfig(_LogsIn):
     """The MQTT transport between edge and ingest processes (MQTT 5, QoS 1, persistent sessions).
 
     Topics form a Unified Namespace: ``{prefix}/{site}/{line}/{node}/readings`` carries payloads,
@@ -379,13 +384,6 @@ class MqttConfig(_Frozen):
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 64
     """Messages a worker may hold unacknowledged: ingest's flow control toward the broker."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_password_here(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            raise ValueError("a password never goes in the configuration file: set password_env (the name of an"
-                             " environment variable) or password_file (a file readable only by you, mode 0600)")
-        return data
 
     @model_validator(mode="after")
     def _check_tls(self) -> MqttConfig:
