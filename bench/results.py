@@ -62,6 +62,14 @@ GOALS = [
          None),
     Goal("alarms", "worst_line_avg_alarms_per_10min", "<= 1 per 10 min (EEMUA 191)", lambda v: v <= 1, None, None),
     Goal("alarms", "worst_line_peak_alarms_per_10min", "< 10 per 10 min (EEMUA 191)", lambda v: v < 10, None, None),
+    Goal("distributed", "latency_p99_ms", "< 2 s source time to commit, 10,000 tags at 1 Hz, faults injected",
+         lambda v: v < 2000, None, None),
+    Goal("distributed", "campaign_readings_per_s", "sustains 10,000 tags at 1 Hz (2 edges, 2 workers)",
+         lambda v: v >= 9_900, None, None),
+    Goal("distributed", "campaign_missing", "0 missing outside a gap record", lambda v: v == 0, None, None),
+    Goal("distributed", "campaign_duplicated", "0 duplicated", lambda v: v == 0, None, None),
+    Goal("distributed", "readings_per_s_2_workers", "throughput with 2 ingest workers (readings/s)", None,
+         "readings_per_s_1_worker", "ratio_2_vs_1_workers"),
 ]
 
 
@@ -94,28 +102,44 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated benchmark names (default: every one)")
     ap.add_argument("--quick", action="store_true", help="smoke-run every benchmark in its short mode")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--keep", action="store_true",
+                    help="with --only: keep the other benchmarks' figures from the existing RESULTS.md")
     args = ap.parse_args()
     names = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "results" and "__main__" in p.read_text())
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
-    results: dict[str, tuple[dict | None, str, float]] = {}
+    results: dict[str, tuple[dict | None, str, float]] = kept(args.out) if args.keep and args.only else {}
     met = missed = 0
     for n in names:
         print(f"== {n}", flush=True)
         results[n] = run(n, args.quick)
         fig, err, took = results[n]
         print(f"   {took:.0f} s " + (f"FAILED: {err}" if fig is None else json.dumps(fig)[:300]), flush=True)
-        met, missed = write(results, args.out, args.quick)  # after each one: a long run leaves what it has
+        met, missed = write(results, args.out, args.quick,  # after each one: a long run leaves what it has
+                            f"Only {', '.join(names)} re-run at this date; the other figures are kept from the earlier"
+                            " run that wrote this file." if args.keep and args.only else "")
     failed = sum(1 for f, _, _ in results.values() if f is None)
     print(json.dumps({"benchmarks": len(results), "benchmarks_failed": failed, "goals_met": met,
                       "goals_missed": missed, "results": str(args.out)}))
 
 
-def write(results: dict[str, tuple[dict | None, str, float]], out: Path, quick: bool) -> tuple[int, int]:
+def kept(out: Path) -> dict[str, tuple[dict | None, str, float]]:
+    """The figures an earlier run wrote to ``out`` ("Every figure"), to re-run only some benchmarks."""
+    import re
+
+    found: dict[str, tuple[dict | None, str, float]] = {}
+    if out.exists():
+        for m in re.finditer(r"^- \*\*(\w+)\*\* \((\d+) s\): `(.*)`$", out.read_text(), re.M):
+            found[m.group(1)] = (json.loads(m.group(3)), "", float(m.group(2)))
+    return found
+
+
+def write(results: dict[str, tuple[dict | None, str, float]], out: Path, quick: bool,
+          note: str = "") -> tuple[int, int]:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [f"# Benchmark results{' (quick smoke run: not the goals figures)' if quick else ''}", "",
              f"Written by `make bench` (`python bench/results.py`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC;"
-             f" machine: {machine}. Each benchmark measured its baseline in the same run.", "",
+             f" machine: {machine}. Each benchmark measured its baseline in the same run. {note}".rstrip(), "",
              "| benchmark | figure | goal | measured | baseline | ratio | met |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     met = missed = 0

@@ -137,6 +137,12 @@ async def bench_qctrace(port: int, batches: list[pa.RecordBatch], tmp: Path) -> 
         fwd = Forwarder("bench", spool, link, window=64, resend_after_s=30.0)
         stop = asyncio.Event()
         task = asyncio.create_task(fwd.run(stop))
+        # Warm-up: the first batch committed before the clock starts, so a worker holds this node
+        # (what an edge sends before any worker subscribed to it is resent after resend_after_s).
+        await fwd.publish(batches[0])
+        while spool.depth:
+            await asyncio.sleep(0.05)
+        batches = batches[1:]
         t0 = time.perf_counter()
         for b in batches:
             await fwd.publish(b)
@@ -171,7 +177,8 @@ def main() -> None:
             raw_s = bench_raw(broker.port, payloads)
             print(f"raw paho QoS 1: {n / raw_s:,.0f} readings/s ({len(payloads)} messages in {raw_s:.2f} s)")
             q_s, stats = asyncio.run(bench_qctrace(broker.port, batches, tmp))
-            print(f"qctrace edge → MQTT → ingest (committed, acknowledged): {n / q_s:,.0f} readings/s in {q_s:.2f} s")
+            nq = n - batches[0].num_rows  # the warm-up batch is not timed
+            print(f"qctrace edge → MQTT → ingest (committed, acknowledged): {nq / q_s:,.0f} readings/s in {q_s:.2f} s")
         table = read_dataset(tmp / "data" / "readings")
         keys = pa.table({"line": table.column("line").cast(pa.string()), "seq": table.column("seq")})
         distinct = keys.group_by(["line", "seq"]).aggregate([]).num_rows
@@ -181,8 +188,8 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
         "readings": n, "batch_readings": args.batch,
-        "readings_per_s": round(n / q_s), "raw_paho_qos1_readings_per_s": round(n / raw_s),
-        "ratio_vs_raw_paho": round(raw_s / q_s, 3), "lost_readings": lost, "doubled_readings": doubled,
+        "readings_per_s": round(nq / q_s), "raw_paho_qos1_readings_per_s": round(n / raw_s),
+        "ratio_vs_raw_paho": round((nq / q_s) / (n / raw_s), 3), "lost_readings": lost, "doubled_readings": doubled,
         "resent_batches": stats["resent"], "goal_readings_per_s": 1_000_000,
     }
     print(json.dumps(result))

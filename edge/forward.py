@@ -10,6 +10,15 @@ that covers the record's rows is durable. A record sent but not acknowledged wit
 
 When the spool drops its oldest segment (policy ``drop_oldest``), the forwarder turns each lost
 batch into loss markers: one gap record per source naming exactly the sequence numbers dropped.
+
+When the spool's *disk* is full (``SpoolDiskFull``: ENOSPC before the spool reached its own size),
+readers are not stopped (a pty or a subscription would overflow where nobody records it): what
+they publish is held in memory, in order, up to ``hold_max_bytes``, while the forwarder keeps
+sending and releasing what is spooled (each commit acknowledgement frees room) and retries the
+append with a capped backoff, since room may also come back from outside. Past the bound the
+oldest held batches are dropped and become loss markers exactly like ``drop_oldest``'s, written
+first once the disk takes data again. A warning names the path and errno; ``disk_full`` says it
+for health checks while it lasts.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge.spool import Spool
+from edge.backoff import exponential_backoff
+from edge.spool import Spool, SpoolDiskFull
 from qctrace import wire
 from qctrace.durable import atomic_write
 from qctrace.errors import PayloadError, SpoolFull
@@ -59,16 +70,46 @@ class ForwarderStats:
     acked: int = 0
     blocked_s: float = 0.0
     loss_markers: int = 0
+    held: int = 0  # items held in memory now, because the spool's disk is full
+    held_bytes: int = 0
+    held_max: int = 0  # the most items ever held at once
+    held_dropped: int = 0  # held items dropped past hold_max_bytes (named by loss markers)
+    disk_full_s: float = 0.0  # time spent with the spool's disk full, summed over episodes
+
+
+@dataclass(slots=True)
+class _LostSpan:
+    """Readings of one source dropped from the hold: consecutive drops merge into one marker."""
+
+    seq_lo: int
+    seq_hi: int
+    n: int
+    ts_lo: int
+    ts_hi: int
 
 
 class Forwarder:
-    def __init__(self, node: str, spool: Spool, link: Link, *, window: int = 64, resend_after_s: float = 15.0) -> None:
+    def __init__(self, node: str, spool: Spool, link: Link, *, window: int = 64, resend_after_s: float = 15.0,
+                 hold_max_bytes: int = 64 << 20, disk_retry_initial_s: float = 0.05,
+                 disk_retry_cap_s: float = 2.0) -> None:
+        """``hold_max_bytes`` bounds what readers' data is kept in memory while the spool's disk is
+        full; ``disk_retry_*`` pace the append retries meanwhile (an acknowledgement retries at once)."""
         self.node = node
         self.spool = spool
         self.link = link
         self.window = window
         self.resend_after_s = resend_after_s
+        self.hold_max_bytes = hold_max_bytes
         self.stats = ForwarderStats()
+        self.disk_full: SpoolDiskFull | None = None  # set while the spool's disk refuses appends
+        self._held: deque[tuple[wire.Item, int]] = deque()  # (item, its size in bytes), oldest first
+        self._lost: dict[str, list[_LostSpan]] = {}  # dropped from the hold, not yet written as markers
+        self._held_gaps: list[Gap] = []  # gap records dropped from the hold: kept, they are small
+        self._disk_full_since = 0.0
+        self._retry_at = 0.0
+        self._retry_delays = (disk_retry_initial_s, disk_retry_cap_s)
+        self._retry = exponential_backoff(disk_retry_initial_s, 2.0, disk_retry_cap_s)
+        self._freed = False  # an acknowledgement released records since the last retry
         self._inflight: dict[int, float] = {}  # rid -> monotonic time sent
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -93,6 +134,8 @@ class Forwarder:
         The first batch of a source after this node (re)started is preceded by a gap record from
         the last reading spooled before the restart: readings the PLC produced while the edge was
         down were never collected (unless history backfill brings them), and downstream must know.
+        Its two ends are the source times of two real readings, so an oracle can map them to the
+        plant's own clock even when the device's clock jumped in between.
         """
         if not isinstance(item, Gap) and item.num_rows:
             spans = source_spans(item)
@@ -101,20 +144,31 @@ class Forwarder:
                 if before is not None and lo > before:
                     await self._append(Gap(src, before, lo, f"edge node {self.node} restarted; readings in"
                                                               " between were not collected"))
+                elif before is not None and lo < before:
+                    # The source's clock went back across the restart (a skew corrected meanwhile),
+                    # or its tags are sampled at different times: the gap is still recorded, between
+                    # the two readings that bound it, earlier time first.
+                    await self._append(Gap(src, lo, before, f"edge node {self.node} restarted; readings in"
+                                                            " between were not collected (the source's first"
+                                                            " time after the restart is earlier than its last"
+                                                            " before it)"))
             await self._append(item)
-            for src, (_lo, hi) in spans.items():
-                if hi > self._last_ts.get(src, -1):
-                    self._last_ts[src] = hi
-            self._last_ts_dirty = True
             return
         await self._append(item)
 
     async def _append(self, item: wire.Item) -> None:
+        if self._held:  # keep the order: nothing overtakes what is held
+            self._hold(item)
+            return
         t0 = None
         while True:
             try:
                 rid = self.spool.append(lambda rid: wire.encode(self.node, rid, item))
                 break
+            except SpoolDiskFull as exc:
+                self._disk_is_full(exc)
+                self._hold(item)
+                return
             except SpoolFull:
                 if t0 is None:
                     t0 = time.monotonic()
@@ -124,10 +178,137 @@ class Forwarder:
                 await self._space.wait()
         if t0 is not None:
             self.stats.blocked_s += time.monotonic() - t0
+        self._accepted(rid, item)
+
+    def _accepted(self, rid: int, item: wire.Item) -> None:
+        """``item`` is durable in the spool as ``rid``: queue it for sending.
+
+        The last spooled source time is the last one *spooled* (not the newest ever seen, nor one
+        only held in memory): a restart's gap record starts there, so it covers what a crash took
+        from memory, and a device clock that ran ahead for a while cannot push it past readings
+        that come later with a corrected clock.
+        """
         self._hints[rid] = topic_hint(item)
         self._unsent.append(rid)
         self.stats.published += 1
+        if not isinstance(item, Gap) and item.num_rows:
+            first = False
+            for src, (_lo, hi) in source_spans(item).items():
+                first |= src not in self._last_ts
+                self._last_ts[src] = hi
+            self._last_ts_dirty = True
+            if first:  # a source's first reading: on record now, or a crash within the second leaves no gap
+                self._save()
         self._wake.set()
+
+    # -- a full disk under the spool -------------------------------------------------------------
+
+    def _disk_is_full(self, exc: SpoolDiskFull) -> None:
+        now = time.monotonic()
+        if self.disk_full is None:
+            self._disk_full_since = now
+            log.warning("forward.disk_full node=%s path=%s errno=%s: %s (holding up to %d bytes in memory)",
+                        self.node, exc.path, exc.errno_name, exc, self.hold_max_bytes)
+        self.disk_full = exc
+        self._retry_at = now + next(self._retry)
+
+    def _hold(self, item: wire.Item) -> None:
+        size = item.get_total_buffer_size() if isinstance(item, pa.RecordBatch) else 64 + len(item.reason)
+        self._held.append((item, size))
+        self.stats.held_bytes += size
+        while self.stats.held_bytes > self.hold_max_bytes and len(self._held) > 1:
+            old, old_size = self._held.popleft()
+            self.stats.held_bytes -= old_size
+            self._lose_held(old)
+        self.stats.held = len(self._held)
+        self.stats.held_max = max(self.stats.held_max, self.stats.held)
+        self._wake.set()
+
+    def _lose_held(self, item: wire.Item) -> None:
+        """Record exactly what a dropped held item carried; written before anything else held."""
+        if self.stats.held_dropped == 0:
+            log.error("forward.hold_full node=%s bytes=%d: the spool's disk is still full, dropping the oldest"
+                      " held batches (each named by a loss marker)", self.node, self.hold_max_bytes)
+        self.stats.held_dropped += 1
+        if isinstance(item, Gap):
+            self._held_gaps.append(item)
+            return
+        src = source_keys(item)
+        seq = item.column("seq").to_numpy()
+        ts = item.column("ts").cast(pa.int64()).to_numpy()
+        for name in sorted(set(src.to_pylist())):
+            rows = np.flatnonzero(pc.equal(src, name).to_numpy(zero_copy_only=False))
+            s, t = seq[rows], ts[rows]
+            lo, hi = int(s.min()), int(s.max())
+            spans = self._lost.setdefault(name, [])
+            last = spans[-1] if spans else None
+            if last is not None and last.seq_hi + 1 == lo:
+                last.seq_hi, last.n = hi, last.n + len(rows)
+                last.ts_lo, last.ts_hi = min(last.ts_lo, int(t.min())), max(last.ts_hi, int(t.max()))
+            else:
+                spans.append(_LostSpan(lo, hi, len(rows), int(t.min()), int(t.max())))
+
+    def _next_marker(self) -> Gap | None:
+        """The next loss marker to write (a dropped gap record first), or None."""
+        if self._held_gaps:
+            g = self._held_gaps[0]
+            return Gap(g.source, g.start_ns, g.end_ns, f"spool disk full: a held gap record was dropped ({g.reason})")
+        if self._lost:
+            name = min(self._lost)
+            sp = self._lost[name][0]
+            return Gap(name, sp.ts_lo, sp.ts_hi, f"spool disk full on edge node {self.node}, oldest held data"
+                                                 f" dropped: seq {sp.seq_lo}-{sp.seq_hi} ({sp.n} readings) dropped")
+        return None
+
+    def _marker_written(self) -> None:
+        if self._held_gaps:
+            self._held_gaps.pop(0)
+            return
+        name = min(self._lost)
+        self._lost[name].pop(0)
+        if not self._lost[name]:
+            del self._lost[name]
+
+    @property
+    def holding(self) -> bool:
+        """Data (or loss markers) waiting in memory for the spool's disk to take it."""
+        return bool(self._held or self._lost or self._held_gaps)
+
+    def _retry_held(self) -> None:
+        """Append what is held, oldest first, loss markers before anything: as far as the disk allows."""
+        if not self.holding:
+            return
+        now = time.monotonic()
+        if now < self._retry_at and not self._freed:
+            return
+        self._freed = False
+        try:
+            while (marker := self._next_marker()) is not None:
+                rid = self.spool.append(lambda rid, m=marker: wire.encode(self.node, rid, m))
+                self._accepted(rid, marker)
+                self.stats.loss_markers += 1
+                self._marker_written()
+            while self._held:
+                item, size = self._held[0]
+                rid = self.spool.append(lambda rid, it=item: wire.encode(self.node, rid, it))
+                self._held.popleft()
+                self.stats.held_bytes -= size
+                self.stats.held = len(self._held)
+                self._accepted(rid, item)
+        except SpoolDiskFull as exc:
+            self._disk_is_full(exc)
+            return
+        except SpoolFull:  # the spool's own limit now: wait for acknowledgements (or the timer)
+            self._retry_at = now + self._retry_delays[1]
+            return
+        if self.disk_full is not None:
+            took = now - self._disk_full_since
+            self.stats.disk_full_s += took
+            log.warning("forward.disk_ok node=%s path=%s after_s=%.1f held_max=%d dropped=%d loss_markers=%d",
+                        self.node, self.disk_full.path, took, self.stats.held_max, self.stats.held_dropped,
+                        self.stats.loss_markers)
+            self.disk_full = None
+            self._retry = exponential_backoff(self._retry_delays[0], 2.0, self._retry_delays[1])
 
     def acked(self, rids: Iterable[int]) -> None:
         rids = list(rids)
@@ -137,6 +318,7 @@ class Forwarder:
         n = self.spool.release(rids)
         self.stats.acked += n
         if n:
+            self._freed = True
             self._space.set()
             self._wake.set()
 
@@ -181,6 +363,7 @@ class Forwarder:
         last_save = time.monotonic()
         give_up = None
         while True:
+            self._retry_held()
             while self._pending_markers:
                 await self.publish(self._pending_markers.pop(0))
             await self._pump()
@@ -190,7 +373,13 @@ class Forwarder:
                 last_save = now
             if stop.is_set():
                 give_up = give_up or now + linger_s
-                if not self._unsent and (not self.spool.depth or now >= give_up):
+                if not self._unsent and not self.holding and (not self.spool.depth or now >= give_up):
+                    break
+                if self.holding and now >= give_up:
+                    # Never spooled, so never promised: the next start's restart gap (from the last
+                    # reading spooled) covers these readings.
+                    log.error("forward.stopped_holding node=%s held=%d: the spool's disk stayed full (%s)",
+                              self.node, len(self._held), self.disk_full)
                     break
             self._wake.clear()
             try:
@@ -202,14 +391,23 @@ class Forwarder:
             log.warning("forward.stopped node=%s unacknowledged=%d (kept in the spool)", self.node, self.spool.depth)
 
     _last_ts_dirty = False
+    _save_failing = False
 
     def _save(self) -> None:
         """Release watermark and last spooled time per source, about once a second. The times may
         lag what is spooled by that second, which only makes a restart's gap record start earlier."""
-        self.spool.save_state()
-        if self._last_ts_dirty:
-            atomic_write(self._last_ts_path, json.dumps(self._last_ts).encode())
-            self._last_ts_dirty = False
+        try:
+            self.spool.save_state()
+            if self._last_ts_dirty:
+                atomic_write(self._last_ts_path, json.dumps(self._last_ts).encode())
+                self._last_ts_dirty = False
+        except OSError as exc:  # a full disk: kept dirty and written on a later call; stale is safe
+            if not self._save_failing:
+                log.warning("forward.save_failed node=%s dir=%s error=%s (retried every second)", self.node,
+                            self.spool.dir, exc.strerror or exc)
+            self._save_failing = True
+            return
+        self._save_failing = False
 
     async def _pump(self) -> None:
         if not self.link.up:
@@ -241,9 +439,9 @@ class Forwarder:
     async def drain(self, timeout_s: float) -> bool:
         """Wait until ingest has acknowledged everything spooled; False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while self.spool.depth and time.monotonic() < deadline:
+        while (self.spool.depth or self.holding) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return self.spool.depth == 0
+        return self.spool.depth == 0 and not self.holding
 
 
 def topic_hint(item: wire.Item) -> str:

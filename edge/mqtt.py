@@ -7,8 +7,12 @@ Topic tree (a Unified Namespace under ``prefix``, ``qctrace/v1`` by default)::
     {prefix}/_ingest/{worker}/state          the same for ingest workers
     {prefix}/_ack/{node}                     ingest's commit acknowledgements (JSON list of rids)
 
-Ingest workers subscribe through ``$share/{group}/{prefix}/+/+/+/readings`` so several of them
-split the load. paho runs its network loop in a thread; everything it delivers is handed to the
+Ingest workers read through MQTT 5 shared subscriptions, ``$share/{group}/{prefix}/+/+/{node}/readings``:
+one per edge node, taken by the worker that holds the node (``ingest.leases``), so a node's
+readings reach one worker at a time whatever the broker's sharing strategy (Mosquitto deals
+round robin). A lone ``MqttSource`` without leases takes every node (``+`` for the node).
+
+paho runs its network loop in a thread; everything it delivers is handed to the
 asyncio loop with ``call_soon_threadsafe``. Ingest acknowledges a message to the broker (manual
 ack) only when it takes it off its queue, so with MQTT 5's Receive Maximum the broker never has
 more than that many messages in flight to a slow worker: the rest waits in the broker's queue.
@@ -111,10 +115,12 @@ class _Connection:
     """A paho client on its own thread, connected asynchronously, reporting to the asyncio loop."""
 
     def __init__(self, cfg: MqttConfig, client_id: str, state_topic: str, subscriptions: list[str],
-                 on_message: Callable[[mqtt.MQTTMessage], None], *, manual_ack: bool = False) -> None:
+                 on_message: Callable[[mqtt.MQTTMessage], None], *, manual_ack: bool = False,
+                 clean_start: bool = False) -> None:
         self.cfg = cfg
         self.state_topic = state_topic
-        self.subscriptions = subscriptions
+        self.subscriptions = subscriptions  # renewed on every (re)connect: a clean session has none
+        self.clean_start = clean_start
         self.on_message = on_message
         self.loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()
@@ -167,7 +173,7 @@ class _Connection:
             if problem and problem.startswith("TLS handshake"):
                 raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: {problem}")
         try:
-            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
+            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=self.clean_start,
                                       properties=_connect_props(self.cfg))
         except (OSError, ValueError) as exc:
             raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: cannot connect: {exc}") from None
@@ -220,7 +226,9 @@ class MqttLink(Link):
             # An ingest worker (re)started: what it held uncommitted when it died will never be
             # acknowledged, so send everything in flight again now instead of after the timeout.
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                if json.loads(msg.payload).get("state") == "online" and self.on_peer_online is not None:
+                state = json.loads(msg.payload)
+                if state.get("state") == "online" and self.node in state.get("nodes", [self.node]) \
+                        and self.on_peer_online is not None:
                     self._conn.loop.call_soon_threadsafe(self.on_peer_online)
             return
         try:
@@ -251,29 +259,73 @@ class MqttLink(Link):
 
 
 class MqttSource:
-    """The ingest side: payloads from the shared subscription; acknowledgements back to each edge."""
+    """The ingest side: payloads from shared subscriptions; acknowledgements back to each edge.
 
-    def __init__(self, cfg: MqttConfig, worker: str, max_queue: int = 256) -> None:
+    With ``by_node`` the source reads no node until told to (``take``): the worker learns the edge
+    nodes from their retained birth/death state (``nodes``) and takes those it holds. Its session
+    starts clean, so subscriptions of an earlier life of the worker (nodes it may no longer hold)
+    are gone; what they held in flight is resent by the edges, which keep it until committed.
+    """
+
+    def __init__(self, cfg: MqttConfig, worker: str, max_queue: int = 256, by_node: bool = False) -> None:
         self.cfg = cfg
         self.worker = worker
         self.max_queue = max_queue
+        self.by_node = by_node
         self.messages = 0
+        self.nodes: set[str] = set()  # edge nodes that announced themselves (online or offline)
+        self.nodes_changed = asyncio.Event()  # set when a node is first heard of
         self._queue: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         self._conn: _Connection | None = None
 
+    def topic(self, node: str) -> str:
+        return f"$share/{self.cfg.group}/{self.cfg.prefix}/+/+/{node}/readings"
+
     @property
     def subscription(self) -> str:
-        return f"$share/{self.cfg.group}/{self.cfg.prefix}/+/+/+/readings"
+        return self.topic("{node}" if self.by_node else "+")
+
+    @property
+    def _state_prefix(self) -> str:
+        return f"{self.cfg.prefix}/_edge/"
 
     async def start(self) -> MqttSource:
+        subs = [f"{self._state_prefix}+/state"] if self.by_node else [self.topic("+")]
         self._conn = _Connection(self.cfg, f"qctrace-ingest-{self.worker}",
-                                 f"{self.cfg.prefix}/_ingest/{self.worker}/state", [self.subscription],
-                                 self._on_message, manual_ack=True)
+                                 f"{self.cfg.prefix}/_ingest/{self.worker}/state", subs,
+                                 self._on_message, manual_ack=True, clean_start=self.by_node)
         await self._conn.start()
         return self
 
+    def take(self, node: str) -> None:
+        """Read ``node`` from now on, and ask its edge to resend what it has in flight now rather
+        than after its resend timeout (it went to the worker that held the node before)."""
+        t = self.topic(node)
+        if t not in self._conn.subscriptions:
+            self._conn.subscriptions.append(t)
+            self._conn.client.subscribe(t, qos=1)
+        self._conn.publish(f"{self.cfg.prefix}/_ingest/{self.worker}/state",
+                           json.dumps({"state": "online", "since": time.time(), "nodes": [node]}))
+
+    def drop(self, node: str) -> None:
+        """Stop reading ``node`` (handed to another worker)."""
+        t = self.topic(node)
+        if t in self._conn.subscriptions:
+            self._conn.subscriptions.remove(t)
+            self._conn.client.unsubscribe(t)
+
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(self._state_prefix):
+            node = msg.topic[len(self._state_prefix):].rpartition("/")[0]
+            self._conn.loop.call_soon_threadsafe(self._heard_of, node)
+            self._conn.client.ack(msg.mid, msg.qos)
+            return
         self._conn.loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+
+    def _heard_of(self, node: str) -> None:
+        if node not in self.nodes:
+            self.nodes.add(node)
+            self.nodes_changed.set()
 
     def ack(self, node: str, rids: list[int]) -> None:
         """Ingest committed these records: tell their edge node so its spool can let them go."""

@@ -27,6 +27,7 @@ simply absent inside the gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import math
@@ -44,7 +45,7 @@ from edge.opcua_client import BoundedClient
 from edge.opcua_ops import OperationLimits, chunks, read_history, read_operation_limits, read_values
 from edge.opcua_pki import POLICY_CLASSES, TrustList, ensure_client_certificate, pick_endpoint, read_password
 from qctrace.config import OpcUaClientConfig
-from qctrace.errors import ConfigError, ReaderError
+from qctrace.errors import ConfigError, ReaderError, ServerUnreachable
 from qctrace.schema import Gap, Quality
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class OpcUaReader(Reader):
         self._fresh = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.notifications = 0
+        self.retry_unreachable = True  # keep trying a server that does not answer (False: raise at once)
         self.backfilled = 0
         self.read_calls = 0
 
@@ -108,7 +110,7 @@ class OpcUaReader(Reader):
 
     async def _open(self) -> None:
         try:
-            await self._connect()
+            await self._connect_patiently()
             self.limits = await read_operation_limits(self._client)
             await self._discover()
             if self.opts.mode == "subscribe":
@@ -120,6 +122,22 @@ class OpcUaReader(Reader):
             raise
         log.info("opcua.open endpoint=%s mode=%s security=%s/%s tags=%d limits=%s", self.endpoint, self.opts.mode,
                  self.opts.security_policy, self.opts.mode_name, len(self._nodes) - len(self._lot_scope), self.limits)
+
+    async def _connect_patiently(self) -> None:
+        """A PLC that is restarting when the edge starts is waited for, not a reason to stop the
+        edge (the gap is recorded from the last reading spooled before); a refusal is final."""
+        delays = exponential_backoff(0.5, 2.0, 10.0)
+        while True:
+            try:
+                return await self._connect()
+            except ServerUnreachable as exc:
+                if not self.retry_unreachable:
+                    raise
+                delay = next(delays)
+                log.warning("opcua.unreachable endpoint=%s retry_in_s=%.1f error=%s", self.endpoint, delay, exc)
+                with contextlib.suppress(Exception):
+                    await self._client.disconnect()
+                await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
         o, c = self.opts, self._client
@@ -140,8 +158,12 @@ class OpcUaReader(Reader):
                 raise ReaderError(f"{self.endpoint}: the server refused user {o.username!r} ({name}); check the"
                                   f" username and the password (read from the {where})") from exc
             raise ReaderError(f"{self.endpoint}: the server refused the connection: {name}") from exc
-        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
-            raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc!r}") from exc
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise ServerUnreachable(f"{self.endpoint}: cannot connect to the OPC UA server:"
+                                    f" {c.take_refusal() or repr(exc)}") from exc
+        except ua.UaError as exc:
+            raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server:"
+                              f" {c.take_refusal() or repr(exc)}") from exc
 
     async def _secure(self) -> None:
         o, c = self.opts, self._client
@@ -154,7 +176,9 @@ class OpcUaReader(Reader):
         trust = TrustList(o.trust_dir or pki / "trusted", pki / "rejected", self.trusted_certs)
         try:
             endpoints = await c.connect_and_get_server_endpoints()  # GetEndpoints is always allowed in clear
-        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise ServerUnreachable(f"{self.endpoint}: cannot connect to the OPC UA server: {exc!r}") from exc
+        except ua.UaError as exc:
             raise ReaderError(f"{self.endpoint}: cannot connect to the OPC UA server: {exc!r}") from exc
         ep = pick_endpoint(endpoints, o, self.endpoint)
         der = _first_cert_from_chain(ep.ServerCertificate)
@@ -341,9 +365,10 @@ class OpcUaReader(Reader):
     # -- outages -----------------------------------------------------------------------------
 
     async def _on_connection_lost(self, exc: Exception) -> None:
+        refusal = self._client.take_refusal()  # the reader closed it: say why, not "transport lost"
         if self._lost is None:
-            self._lost = (time.time_ns(), f"connection to {self.endpoint} lost: {exc!r}")
-            log.warning("opcua.lost endpoint=%s reason=%r", self.endpoint, exc)
+            self._lost = (time.time_ns(), f"connection to {self.endpoint} lost: {refusal or repr(exc)}")
+            log.warning("opcua.lost endpoint=%s reason=%r", self.endpoint, refusal or exc)
 
     async def _on_reconnected(self, reused_session: bool) -> None:
         """Run by the reconnect supervisor on a new connection: subscribe afresh, then (in a task,
@@ -353,7 +378,8 @@ class OpcUaReader(Reader):
         self._fresh.clear()
         self._resuming = True
         if self._lost is None:
-            self._lost = (time.time_ns(), f"connection to {self.endpoint} lost")
+            refusal = self._client.take_refusal()
+            self._lost = (time.time_ns(), f"connection to {self.endpoint} lost" + (f": {refusal}" if refusal else ""))
         if self.opts.mode == "subscribe":
             old, self._sub_id = self._sub_id, None
             if old is not None:
@@ -364,9 +390,12 @@ class OpcUaReader(Reader):
                     except _LINK_ERRORS as exc:
                         log.info("opcua.resume delete_old_subscription_failed=%r", exc)
             await self._subscribe()
-        self._spawn(self._finish_outage(before))
+        # This outage's start and reason go with its gap: a connection lost again before the gap is
+        # recorded (a server that keeps misbehaving) is another outage, with its own reason.
+        lost, self._lost = self._lost, None
+        self._spawn(self._finish_outage(before, lost))
 
-    async def _finish_outage(self, before: list[int]) -> None:
+    async def _finish_outage(self, before: list[int], lost: tuple[int, str]) -> None:
         wait_s = max(2.0, 3 * max(self.publishing_interval_ms, self.opts.poll_interval_ms) / 1000)
         try:
             await asyncio.wait_for(self._fresh.wait(), wait_s)
@@ -381,7 +410,7 @@ class OpcUaReader(Reader):
                 backfilled, note = await self._backfill(before, first_after)
             except _LINK_ERRORS as exc:
                 note = f"; history backfill failed: {exc!r}"
-        self._record_gaps(before, first_after, backfilled, note)
+        self._record_gaps(before, first_after, backfilled, note, lost)
 
     async def _backfill(self, before: list[int], first_after: list[int]) -> tuple[dict[int, int], str]:
         """Read the outage back from the server's history; emit what it holds. Per source count."""
@@ -421,11 +450,11 @@ class OpcUaReader(Reader):
         note = f"; the server has no history for {refused} of {len(tags)} tags" if refused else ""
         return per_source, note
 
-    def _record_gaps(self, before: list[int], first_after: list[int], backfilled: dict[int, int], note: str) -> None:
+    def _record_gaps(self, before: list[int], first_after: list[int], backfilled: dict[int, int], note: str,
+                     lost: tuple[int, str]) -> None:
         """One gap per source of this server: from its last reading before the outage to its first
         live one after, the reason saying how many readings the server's history gave back."""
-        lost_at, reason = self._lost or (time.time_ns(), "connection lost")
-        self._lost = None
+        lost_at, reason = lost
         st = self.builder.streams
         spans: dict[int, tuple[int, int]] = {}
         for h, stream in enumerate(self._stream_of):

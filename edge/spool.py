@@ -21,11 +21,18 @@ Its payload was never acknowledged to anyone, so cutting it loses nothing that w
 When the spool is full, ``policy`` decides: ``block`` raises ``SpoolFull`` (the forwarder waits
 for acknowledgements, which slows the readers), ``drop_oldest`` deletes the oldest segment and
 hands its unreleased payloads to ``on_drop`` so the caller can record exactly what was lost.
+
+When the *filesystem* is full before the spool is (ENOSPC, EDQUOT), ``append`` raises
+``SpoolDiskFull``: whatever part of the record reached the file is cut off again, no rid is
+consumed, and every record accepted before stays readable. The disk may get room back from
+outside the spool (a log rotated, a ballast removed), so the caller retries with a backoff
+instead of waiting for an acknowledgement only (see ``edge.forward``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -43,8 +50,26 @@ from qctrace.errors import SpoolError, SpoolFull
 log = logging.getLogger(__name__)
 
 _REC = struct.Struct("<IIQ")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _SUFFIX = ".qsp"
 Policy = Literal["block", "drop_oldest"]
+
+
+class SpoolDiskFull(SpoolError):
+    """The filesystem under the spool has no room (ENOSPC or EDQUOT) although the spool is under
+    its own limit. Transient: nothing accepted before is lost, and the same append can be retried.
+
+    (A ``SpoolError`` and not a ``SpoolFull``: a full spool frees room only when ingest
+    acknowledges, a full disk may also free up by itself, so the forwarder waits differently.)
+    """
+
+    def __init__(self, path: Path, err: int, doing: str) -> None:
+        self.path = path
+        self.errno = err
+        self.errno_name = errno.errorcode.get(err, str(err))
+        super().__init__(f"spool {path}: {os.strerror(err)} ({self.errno_name}) while {doing}; the records"
+                         " already spooled are intact, new data is held in memory and the append retried:"
+                         " free space on that filesystem")
 
 
 @dataclass(slots=True)
@@ -178,9 +203,12 @@ class Spool:
             if self.fsync:
                 os.fdatasync(self._fd)
         except OSError as exc:
-            # Whatever part of the record reached the file is cut off on the next open (bad checksum).
+            # Cut off whatever part of the record reached the file (were this to fail too, the next
+            # open would cut it: a bad checksum). The rid is not used up: nothing was promised.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, seg.size)
+            if exc.errno in _DISK_FULL:
+                raise SpoolDiskFull(seg.path, exc.errno, f"appending record {rid}") from None
             raise SpoolError(f"cannot write to the spool {seg.path}: {exc.strerror or exc}") from None
         seg.live[rid] = (seg.size + _REC.size, len(payload))
         seg.size += need
@@ -226,6 +254,8 @@ class Spool:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fsync_dir(self.dir)
         except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise SpoolDiskFull(path, exc.errno, "creating a segment") from None
             raise SpoolError(f"cannot open a spool segment in {self.dir}: {exc.strerror}") from None
         return seg
 

@@ -387,6 +387,7 @@ class SimulatedPlant:
         """Emit ticks paced at ``tick_s / speed`` until ``stop`` is set or ``max_ticks`` are done."""
         period = self.scenario.plant.tick_s / self.speed
         start_at = time.time() + (0.3 if self._children else 0.0)
+        self.started_at = start_at  # wall time of tick 0: what end-to-end latency is measured from
         for _, conn, _ in self._children:
             conn.send(("start", start_at, period, max_ticks))
 

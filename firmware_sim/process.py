@@ -66,7 +66,8 @@ async def serve(scenario: Scenario, seed: int, speed: float, truth_dir: Path | N
             produced = plant.produced()
             paths = plant.write_truth(truth_dir) if truth_dir is not None else {}
         if control:
-            _emit("stopped", produced=produced, truth={k: str(v) for k, v in paths.items()})
+            _emit("stopped", produced=produced, truth={k: str(v) for k, v in paths.items()},
+                  started_at=getattr(plant, "started_at", None))
             if cmd != "quit":
                 # Keep serving so readers can drain what is in flight, until told to quit.
                 while await _read_command() != "quit":

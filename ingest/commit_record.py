@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qctrace.durable import atomic_write
+from qctrace.durable import atomic_write, makedirs
 from qctrace.schema import SCHEMA_VERSION
 
 RECORD_NAME = "commit.json"
@@ -135,7 +135,7 @@ def write_snapshot(state_dir: Path, snap: Snapshot) -> None:
 @contextlib.contextmanager
 def locked(state_dir: Path) -> Iterator[None]:
     """Exclusive right to change the record, across threads and processes (``flock``)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    makedirs(state_dir)  # the record written under the lock must not vanish with its directory
     fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

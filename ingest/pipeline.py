@@ -4,6 +4,12 @@ Order matters: duplicates are dropped *before* detection so a redelivered readin
 detector's state twice. Provenance facts (lot transitions, anomaly episodes, gaps, and each committed Parquet file with
 its SHA-256) go to ``on_events``,
 which the application wires to the ledger: ingest itself knows nothing of the ledger.
+
+Several ingest workers may share one dataset, each holding some edge nodes (``qctrace.workers``).
+Detection state is per sensor and sensors belong to nodes, so a node's state travels with it: each
+commit names, per node this worker holds, the detector state file that matches the committed data
+and the sources the node carries (``extra["detectors"]``, ``extra["node_sources"]``); the worker
+that takes a node over (``adopt``) loads exactly those sensors from that file.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import pyarrow.compute as pc
 
 from ingest.compact import BackgroundCompactor
 from ingest.detect import Detector
+from ingest.detect.clock import ClockWatch
 from ingest.episodes import Episode, EpisodeOpened, EpisodeTracker
 from ingest.lots import LotFinished, LotStarted, LotTracker
 from ingest.sink import CommittedFile, ParquetSink, storage_error
+from qctrace import wire
 from qctrace.config import DetectConfig, SinkConfig
 from qctrace.errors import SinkCommitError
 from qctrace.schema import Flag, Gap
@@ -46,15 +54,23 @@ class IngestStats:
     flagged: int = 0
     episodes: int = 0
     gaps: int = 0
+    clock_skewed: int = 0  # readings kept while their device's clock was off the plant's (ingest.detect.clock)
 
 
 class Ingest:
-    def __init__(self, data_dir: Path, detect: DetectConfig, sink: SinkConfig, on_events: OnEvents) -> None:
+    def __init__(self, data_dir: Path, detect: DetectConfig, sink: SinkConfig, on_events: OnEvents,
+                 worker: str = "ingest", adopt_all: bool = True, *, clock_skew_s: float | None = 60.0) -> None:
+        """``worker`` names this writer of the dataset; ``adopt_all`` restores every node's detector
+        state now (one worker), otherwise only the nodes given to ``adopt`` later (several).
+        ``clock_skew_s``: how far a device's clock may be off the plant's before it is reported
+        (``ingest.detect.clock``; ``None``: not watched)."""
+        self.worker = worker
         self.detector = Detector(detect)
+        self.clock = ClockWatch(clock_skew_s) if clock_skew_s is not None else None
         self.episodes = EpisodeTracker()
         self.lots = LotTracker()
         self.sink = ParquetSink(data_dir / "readings", data_dir / "ingest", sink.flush_rows, sink.flush_age_s,
-                                sink.row_group_rows)
+                                sink.row_group_rows, writer=worker)
         self.on_events = on_events
         self.on_commit: list[Callable[[], None]] = []  # called after each durable commit (acks upstream)
         self.commit_error: SinkCommitError | None = None  # the last commit the disk refused, until one succeeds
@@ -66,24 +82,44 @@ class Ingest:
         self.stats = IngestStats()
         self.observer: Any = None  # qctrace.metrics.IngestMetrics when a process serves metrics
         self._pending_oldest_ns: list[int] = []  # per batch since the last commit: end-to-end lag at commit
-        self._generation = 0
+        self.nodes: set[str] = set()  # edge nodes whose readings this worker takes
+        self.node_sources: dict[str, set[str]] = {}  # node -> the sources (site/line/device) it carries
+        self._released: set[str] = set()  # sources of nodes handed to another worker: not watched here
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
         self._stale: dict[int, int] = {}  # sensor -> last_seen when it was reported silent
-        self._restore_detector()
+        if adopt_all:
+            for node in self.sink.extra.get("detectors", {}):
+                self.adopt(node)
 
-    def _restore_detector(self) -> None:
-        """Detection carries on from the state that matches the committed data (see ``flush``)."""
-        name = self.sink.extra.get("detector")
-        if name:
-            self._generation = int(name.split("-")[1].split(".")[0])
+    def adopt(self, node: str) -> None:
+        """Take ``node`` over: its sensors' detector state as last committed (by whichever worker
+        held it), and every seq other workers committed, so their redeliveries are dropped here."""
+        self.sink.sync()
+        name = self.sink.extra.get("detectors", {}).get(node)
+        sources = set(self.sink.extra.get("node_sources", {}).get(node, ()))
+        self.nodes.add(node)
+        self.node_sources.setdefault(node, set()).update(sources)
+        self._released -= self.node_sources[node]
         if name and (self.sink.state_dir / name).exists():
-            self.detector.load(self.sink.state_dir / name)
-            log.info("ingest.restore detector=%s sensors=%d", name, len(self.detector.keys))
+            self.detector.load(self.sink.state_dir / name, keep=lambda k: k.rpartition("/")[0] in sources)
+            log.info("ingest.adopt node=%s state=%s sources=%d", node, name, len(sources))
 
-    def process(self, batch: pa.RecordBatch) -> None:
+    def release(self, node: str) -> None:
+        """Hand ``node`` to another worker: commit what is buffered, with the detector state that
+        goes with it, so the next holder starts from there; stop watching its sensors for silence."""
+        self.flush(force=True)
+        self.nodes.discard(node)
+        self._released |= self.node_sources.get(node, set())
+        log.info("ingest.release node=%s", node)
+
+    def process(self, batch: pa.RecordBatch, node: str = "") -> None:
         self.stats.batches += 1
         self.stats.readings_in += batch.num_rows
         fresh = self.sink.dedupe(batch)
+        self.nodes.add(node)
+        known = self.node_sources.setdefault(node, set())
+        if not known.issuperset(self.sink.last_sources):
+            known.update(self.sink.last_sources)
         self.stats.duplicates += batch.num_rows - fresh.num_rows
         if fresh.num_rows == 0:
             return
@@ -96,6 +132,11 @@ class Ingest:
         # not become "now" for the stale timer, or every other sensor would look silent at once.
         ts = fresh.column("ts").cast(pa.int64())
         plausible = pc.less_equal(ts, pc.add(fresh.column("recv_ts").cast(pa.int64()), FUTURE_SKEW_NS))
+        if self.clock is not None:  # nor must a clock minutes ahead: kept, reported, not "now"
+            skewed = self.clock.check(fresh)
+            if skewed.any():
+                plausible = pc.and_(plausible, pa.array(~skewed))
+            self.stats.clock_skewed = self.clock.readings_skewed
         self._now_ns = max(self._now_ns, int(pc.max(pc.filter(ts, plausible)).as_py() or 0))
         flags = flagged.column("flags").to_numpy()
         self.stats.flagged += int(np.count_nonzero(flags))
@@ -108,17 +149,17 @@ class Ingest:
         if facts:
             self.on_events(facts)
 
-    def flush(self, final: bool = False) -> None:
+    def flush(self, final: bool = False, force: bool = False) -> None:
         """Commit buffered rows together with the detector state that produced their flags.
 
-        The state goes to a new file first (``detector-<n>.npz``, fsynced); the sink's atomic commit
-        record then names it. A crash before the commit leaves the old record and the old state,
-        which match each other; the files of older states are removed after the commit.
+        The state goes to a new file first (``detector-<worker>-<ns>.npz``, fsynced); the sink's
+        atomic commit record then names it for each node this worker holds. A crash before the
+        commit leaves the old record and the old state, which match each other; this worker's
+        files that the record no longer names are removed after the commit.
         """
-        if not self.sink.pending_rows or (not final and time.monotonic() < self._retry_at):
+        if not self.sink.pending_rows or (not (final or force) and time.monotonic() < self._retry_at):
             return
-        self._generation += 1
-        name = f"detector-{self._generation:08d}.npz"
+        name = f"detector-{self.worker}-{time.time_ns()}.npz"
         t_commit = time.perf_counter()
         try:
             try:
@@ -126,7 +167,9 @@ class Ingest:
             except OSError as exc:
                 raise storage_error("cannot save the detector state to", self.sink.state_dir, exc,
                                     self.sink.pending_rows) from exc
-            files = self.sink.flush({"detector": name})
+            nodes = sorted(self.nodes)
+            files = self.sink.flush({"detectors": dict.fromkeys(nodes, name),
+                                     "node_sources": {n: sorted(self.node_sources.get(n, ())) for n in nodes}})
         except SinkCommitError as exc:
             # Nothing is acknowledged (on_commit is not called): the rows stay pending, upstream
             # keeps them, and the commit is retried after retry_s. At the end of a run it raises.
@@ -140,8 +183,9 @@ class Ingest:
         if self.observer is not None:
             self.observer.committed(time.perf_counter() - t_commit, self._pending_oldest_ns)
             self._pending_oldest_ns = []
-        for old in self.sink.state_dir.glob("detector-*.npz"):
-            if old.name != name and old.name != self.sink.extra.get("detector"):
+        named = set(self.sink.extra.get("detectors", {}).values())
+        for old in self.sink.state_dir.glob(f"detector-{self.worker}-*.npz"):
+            if old.name not in named:
                 old.unlink(missing_ok=True)
         if files:
             self.on_events(list(files))
@@ -171,6 +215,8 @@ class Ingest:
         """
         out = []
         for s in self.detector.stale(self._now_ns):
+            if self._released and self.detector.keys[s].rpartition("/")[0] in self._released:
+                continue  # another worker holds its node now
             last = self.detector.last_seen(s)
             if last is None or self._stale.get(s) == last:
                 continue
@@ -179,7 +225,9 @@ class Ingest:
                                None))
         if out:
             self.stats.episodes += len(out)
-            log.warning("ingest.stale sensors=%s", ",".join(e.sensor for e in out))
+            names = [e.sensor for e in out]
+            log.warning("ingest.stale count=%d sensors=%s%s", len(names), ",".join(names[:10]),
+                        f",… ({len(names) - 10} more)" if len(names) > 10 else "")
             self.on_events(out)
         return out
 
@@ -190,7 +238,8 @@ class Ingest:
                     gap.reason)
         self.on_events([gap])
 
-    async def run(self, batches: AsyncIterator[pa.RecordBatch | Gap], flush_check_s: float = 0.2) -> None:
+    async def run(self, batches: AsyncIterator[pa.RecordBatch | Gap | wire.Envelope],
+                  flush_check_s: float = 0.2) -> None:
         """Consume until the transport closes; commits on size or age, and once more at the end."""
 
         async def flusher() -> None:
@@ -210,10 +259,13 @@ class Ingest:
         task = asyncio.create_task(flusher())
         try:
             async for item in batches:
+                node = ""
+                if isinstance(item, wire.Envelope):
+                    node, item = item.node, item.item
                 if isinstance(item, Gap):
                     self.gap(item)
                     continue
-                self.process(item)
+                self.process(item, node)
                 if self.sink.due():
                     self.flush()
         finally:

@@ -28,8 +28,14 @@ Ack = Callable[[str, list[int]], None]
 
 
 class Receiver:
-    def __init__(self, ingest: Ingest, ack: Ack, quarantine_dir: Path) -> None:
+    def __init__(self, ingest: Ingest, ack: Ack, quarantine_dir: Path,
+                 holds: Callable[[str], bool] = lambda node: True) -> None:
+        """``holds``: does this worker take the node's payloads now? One that was handed to another
+        worker may still have payloads on their way here: they are left unacknowledged, and the
+        edge resends them to the worker that holds the node."""
         self.ingest = ingest
+        self.holds = holds
+        self.not_held = 0
         self.ack = ack
         self.quarantine_dir = quarantine_dir
         self.quarantined = 0
@@ -53,7 +59,7 @@ class Receiver:
         except PayloadError:
             return None
 
-    async def items(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[wire.Item]:
+    async def items(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[wire.Envelope]:
         """The items for ``Ingest.run``; acknowledgements follow the commits."""
         async for payload in payloads:
             self.payloads += 1
@@ -64,7 +70,10 @@ class Receiver:
                 if who is not None:
                     self._waiting.setdefault(who[0], []).append(who[1])
                 continue
+            if not self.holds(env.node):
+                self.not_held += 1
+                continue
             self._waiting.setdefault(env.node, []).append(env.rid)
-            yield env.item
+            yield env
             if not self.ingest.sink.pending_rows:
                 self._committed()

@@ -5,7 +5,8 @@ committed seqs as merged intervals (``ingest.seqranges``), so a redelivered batc
 whatever order batches arrive in (MQTT shared subscriptions and spool replay reorder them), and a
 late reading is kept and lands in the partition of its own source time.
 
-Commit protocol (one sink per dataset; the compactor and retention may change the record too):
+Commit protocol (several sinks may write one dataset, each under its own writer name, e.g. one per
+ingest worker; the compactor and retention may change the record too):
 
 1. Rows are ordered by partition, then (lot, device, sensor, ts) (``sort_order``: a counting-sort
    kernel in ``ingest.sink_kernels``); each partition is encoded to Parquet in memory, hashed (SHA-256) and written to
@@ -15,13 +16,17 @@ Commit protocol (one sink per dataset; the compactor and retention may change th
 3. Each temporary file is renamed to its final ``part-*.parquet`` name; each directory is fsynced.
 4. The commit record (files with rows, SHA-256, lots and time bounds; committed seq intervals per
    source; ``extra``, e.g. the detector state's file) is re-read if another writer changed it,
-   updated, and replaced atomically. Only now is the batch committed. The lock is released.
+   merged, and replaced atomically. Only now is the batch committed. The lock is released.
+   If another writer committed some of the same (source, seq) meanwhile (a payload redelivered to
+   a second worker during a hand-over), those rows are dropped and the commit is redone without them.
 
 A failure in any step raises ``SinkCommitError`` naming the path and the OS error; files of the
 failed commit are removed, the rows stay buffered and the seqs uncommitted, so upstream is not
 acknowledged and the next ``flush`` retries. On open (under the lock), any ``part-*.parquet`` the
 record does not name (a crash between 3 and 4) and any sink ``.tmp`` file (a crash in 1) is
-deleted: their rows were never committed, so upstream still holds them and delivers them again.
+deleted, as is a ``.tmp`` file of a writer that is not running (each writer holds a ``flock`` on
+``writers/<name>.lock``; another live writer's temporary files are its commit in progress): their
+rows were never committed, so upstream still holds them and delivers them again.
 Readers take the file list from the record (``ingest.query.snapshot_files``), never from a glob,
 so they never see a file between 3 and 4. The partition columns live in the path only, as Hive
 layout expects; ``read_dataset`` restores them.
@@ -30,9 +35,11 @@ layout expects; ``read_dataset`` restores them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -42,15 +49,16 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ingest.commit_record import CommittedFile, Snapshot, locked, read_snapshot, state_dir_of, write_snapshot
 from ingest.seqranges import SeqRanges
 from ingest.sink_kernels import fresh_rows, group_rows, partition_order
-from qctrace.durable import fsync_dir
+from qctrace.durable import fsync_dir, makedirs
 from qctrace.errors import SinkCommitError
-from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch
+from qctrace.schema import READING_SCHEMA, SCHEMA_VERSION, check_batch, source_keys
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,27 @@ def tmp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp")
 
 
+WRITER_NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
+
+
+def writer_of(name: str) -> str:
+    """The writer a sink file (``part-<ns>-<rand>-<writer>.parquet`` or its ``.tmp``) belongs to."""
+    stem = name.removeprefix(".").removesuffix(".tmp").removesuffix(".parquet")
+    parts = stem.split("-")
+    return parts[3] if len(parts) == 4 else ""
+
+
+_WRITER_CLAIMS: dict[Path, tuple[int, int]] = {}  # lock file -> (fd holding the flock, sinks open)
+
+
+class _Conflict(Exception):
+    """Another writer committed some of the buffered (source, seq) first (see ``flush``)."""
+
+    def __init__(self, keep: np.ndarray, theirs: dict[str, SeqRanges]) -> None:
+        self.keep = keep
+        self.theirs = theirs
+
+
 def partition_dir(root: Path, site: str, line: str, day: int) -> Path:
     when = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
     return root / f"site={quote(site, safe='')}" / f"line={quote(line, safe='')}" / f"date={when}"
@@ -138,8 +167,11 @@ def sort_order(table: pa.Table, part: np.ndarray, ts: np.ndarray) -> tuple[np.nd
 
 class ParquetSink:
     def __init__(self, root: Path, state_dir: Path | None = None, flush_rows: int = 200_000,
-                 flush_age_s: float = 1.0, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+                 flush_age_s: float = 1.0, row_group_rows: int = ROW_GROUP_ROWS, writer: str = "ingest") -> None:
+        if not WRITER_NAME.fullmatch(writer):
+            raise SinkCommitError(f"sink writer name {writer!r}: use 1-64 letters, digits, '_' or '.'")
         self.root = root
+        self.writer = writer
         self.state_dir = state_dir if state_dir is not None else state_dir_of(root)
         self.flush_rows = flush_rows
         self.flush_age_s = flush_age_s
@@ -154,6 +186,9 @@ class ParquetSink:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="qctrace-sink-io")
         self._confirmed: set[str] = set()
         self._dirs: set[Path] = set()  # partition directories known to exist (retention may remove one: see flush)
+        self._pending_sources: set[str] = set()  # sources of the buffered rows
+        self.last_sources: list[str] = []  # sources of the last batch deduplicated (ingest maps nodes to them)
+        self._writer_claim: Path | None = None
         self._open()
 
     # ------------------------------------------------------------------ what is committed
@@ -190,7 +225,8 @@ class ParquetSink:
         """Files this sink committed whose ledger event was not confirmed (``confirm_reported``),
         e.g. because the process died between the commit and the event: report them again."""
         want = set(self._snap.unreported) - self._confirmed
-        return [f for f in self._snap.files if f.path in want and not f.replaces]
+        return [f for f in self._snap.files
+                if f.path in want and not f.replaces and writer_of(f.path.rsplit("/", 1)[-1]) == self.writer]
 
     def confirm_reported(self, files: list[CommittedFile]) -> None:
         """The ledger has these files' events. Kept in memory and written with the next commit: a
@@ -225,7 +261,8 @@ class ParquetSink:
 
     def _open(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            makedirs(self.root)
+            self._writer_claim = self._claim_writer()
             with locked(self.state_dir):
                 if read_snapshot(self.state_dir) is None:
                     self._first_open()
@@ -236,20 +273,106 @@ class ParquetSink:
         self._committed = {k: SeqRanges(v) for k, v in self._snap.ranges.items()}
         self._accepted = {k: v.copy() for k, v in self._committed.items()}
 
+    def _claim_writer(self) -> Path:
+        """Hold ``writers/<name>.lock`` while any sink of this name is open in this process: a
+        sink of the same name in another process would take our temporary files for a dead
+        writer's. (Sinks of one name in one process share the claim: a test reopening a dataset is
+        one writer restarting.)"""
+        d = self.state_dir / "writers"
+        makedirs(d)  # also the state directory, whose commit record must not vanish with it
+        path = (d / f"{self.writer}.lock").resolve()
+        held = _WRITER_CLAIMS.get(path)
+        if held is not None:
+            _WRITER_CLAIMS[path] = (held[0], held[1] + 1)
+            return path
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # read-only: a remount ro stays possible
+        for attempt in range(40):  # another worker checking whether we are alive holds it for a moment
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 39:
+                    time.sleep(0.05)
+        else:
+            os.close(fd)
+            raise SinkCommitError(f"{self.root}: an ingest worker named {self.writer!r} is already writing to this"
+                                  " dataset; give each worker its own name (qctrace ingest --worker NAME)") from None
+        _WRITER_CLAIMS[path] = (fd, 1)
+        return path
+
+    def close(self) -> None:
+        """Release the writer name (also released when the process dies)."""
+        path, self._writer_claim = self._writer_claim, None
+        if path is not None and path in _WRITER_CLAIMS:
+            fd, n = _WRITER_CLAIMS[path]
+            if n > 1:
+                _WRITER_CLAIMS[path] = (fd, n - 1)
+            else:
+                del _WRITER_CLAIMS[path]
+                os.close(fd)
+        self._io.shutdown(wait=True)
+
+    def _writer_alive(self, writer: str) -> bool:
+        if writer == self.writer:
+            return False  # called while opening: files of our own name are a dead incarnation's
+        if (self.state_dir / "writers" / f"{writer}.lock").resolve() in _WRITER_CLAIMS:
+            return True
+        try:
+            fd = os.open(self.state_dir / "writers" / f"{writer}.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Learn what other writers committed (call before taking over their sources), so a
+        redelivery of their readings is dropped here too."""
+        try:
+            with locked(self.state_dir):
+                self._reload()
+        except OSError as exc:
+            raise storage_error("cannot read the commit record in", self.state_dir, exc, 0) from exc
+        for k, pairs in self._snap.ranges.items():
+            theirs = SeqRanges(pairs)
+            for mine in (self._committed, self._accepted):
+                r = mine.setdefault(k, SeqRanges())
+                r.add_intervals(theirs.starts, theirs.ends)
+
     def _reload(self) -> None:
         """Re-read the record (with the lock held): the compactor or retention may have changed it."""
         self._snap = read_snapshot(self.state_dir) or Snapshot()
 
-    def _check_sole_writer(self) -> None:
-        """Refuse to commit when another sink changed the committed seqs since ours (two ingest
-        workers on one dataset): writing our intervals over theirs would let their readings be
-        accepted again. The compactor and retention never change them."""
-        theirs = {k: [tuple(p) for p in v] for k, v in self._snap.ranges.items() if v}
-        mine = {k: r.pairs() for k, r in self._committed.items() if len(r)}
-        if theirs != mine:
-            raise SinkCommitError(f"{self.commit_path}: another ingest process committed to this dataset meanwhile;"
-                                  " run one ingest worker per data directory. Nothing was committed;"
-                                  f" {self._buffered_rows} readings stay pending and are not acknowledged")
+    def _merged_ranges(self, table: pa.Table) -> dict[str, SeqRanges]:
+        """The record's seqs (with the lock held, just re-read) joined with ours. Raises ``_Conflict``
+        when another writer committed a (source, seq) we hold buffered: the compactor and retention
+        never change seqs, so a change is another worker's commit."""
+        out: dict[str, SeqRanges] = {}
+        theirs: dict[str, SeqRanges] = {}
+        for k, pairs in self._snap.ranges.items():
+            mine = self._committed.get(k)
+            r = SeqRanges(pairs)
+            if mine is None or mine.pairs() != r.pairs():
+                theirs[k] = r
+            out[k] = r
+        clash = [k for k in theirs if k in self._pending_sources]
+        if clash:
+            src = source_keys(table)
+            seq = table.column("seq").to_numpy().view(np.int64)
+            keep = np.ones(table.num_rows, dtype=bool)
+            for k in clash:
+                rows = np.flatnonzero(pc.equal(src, k).to_numpy(zero_copy_only=False))
+                keep[rows[theirs[k].contains(seq[rows])]] = False
+            if not keep.all():
+                raise _Conflict(keep, theirs)
+        for k, r in self._accepted.items():
+            o = out.setdefault(k, SeqRanges())
+            o.add_intervals(r.starts, r.ends)
+        return out
 
     def _first_open(self) -> None:
         """No commit record: a new dataset gets an empty one, so that later a missing record can only
@@ -267,7 +390,9 @@ class ParquetSink:
         for p in self.root.rglob("*part-*"):
             rel = p.relative_to(self.root).as_posix()
             uncommitted = p.name.startswith("part-") and p.suffix == ".parquet" and rel not in known
-            if uncommitted or (p.name.startswith(".part-") and p.name.endswith(".tmp")):
+            orphan = p.name.startswith(".part-") and p.name.endswith(".tmp") and not self._writer_alive(
+                writer_of(p.name))
+            if uncommitted or orphan:
                 log.warning("sink.recover removing_uncommitted=%s", rel)
                 p.unlink()
 
@@ -290,10 +415,12 @@ class ParquetSink:
         group, keys = group_rows((codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2], sizes[0] * sizes[1] * sizes[2])
         ranges = []
         names = [c.dictionary.to_pylist() for c in cols]
+        self.last_sources = []
         for k in keys.tolist():
             s, rest = divmod(k, sizes[1] * sizes[2])
             ln, d = divmod(rest, sizes[2])
             name = f"{names[0][s]}/{names[1][ln]}/{names[2][d]}"
+            self.last_sources.append(name)
             r = self._accepted.get(name)
             if r is None:
                 r = self._accepted[name] = SeqRanges()
@@ -317,6 +444,7 @@ class ParquetSink:
             self._first_buffered = time.monotonic()
         self._buffer.append(batch)
         self._buffered_rows += batch.num_rows
+        self._pending_sources.update(self.last_sources)
 
     def due(self) -> bool:
         return self._buffered_rows >= self.flush_rows or (
@@ -350,7 +478,7 @@ class ParquetSink:
             s, ln = divmod(rest, len(line_n))
             present = np.flatnonzero(np.bincount(lot_sorted[a:b], minlength=len(lot_names) + 1)[:len(lot_names)])
             final = partition_dir(self.root, site_n[s], line_n[ln], d0 + dd) / \
-                f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+                f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}-{self.writer}.parquet"
             meta = CommittedFile(final.relative_to(self.root).as_posix(), b - a, "",
                                  tuple(sorted({lot_names[i] for i in present.tolist()})),
                                  int(ts_sorted[a:b].min()), int(ts_sorted[a:b].max()))
@@ -360,9 +488,26 @@ class ParquetSink:
     def flush(self, extra: dict | None = None) -> list[CommittedFile]:
         """Write and commit everything buffered; returns the files committed. ``extra`` goes into the
         same atomic commit record (ingest names the detector state that matches the data here)."""
-        if not self._buffer:
-            return []
-        table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
+        while True:
+            if not self._buffer:
+                return []
+            table = pa.Table.from_batches(self._buffer).unify_dictionaries().combine_chunks()
+            try:
+                return self._commit(table, extra)
+            except _Conflict as c:
+                dropped = int((~c.keep).sum())
+                log.warning("sink.conflict dropped=%d sources=%s: another writer committed them first", dropped,
+                            ",".join(sorted(c.theirs)))
+                self.duplicates_dropped += dropped
+                for k, r in c.theirs.items():
+                    for mine in (self._committed, self._accepted):
+                        m = mine.setdefault(k, SeqRanges())
+                        m.add_intervals(r.starts, r.ends)
+                kept = table.filter(pa.array(c.keep))
+                self._buffer = kept.to_batches() if kept.num_rows else []
+                self._buffered_rows = kept.num_rows
+
+    def _commit(self, table: pa.Table, extra: dict | None) -> list[CommittedFile]:
         n = table.num_rows
         staged: list[tuple[Path, CommittedFile]] = []
         touched: list[Path] = []  # every final name whose temporary file may exist
@@ -373,7 +518,7 @@ class ParquetSink:
             writes = []
             for final, rows, meta in self._layout(table):
                 if final.parent not in self._dirs:
-                    final.parent.mkdir(parents=True, exist_ok=True)
+                    makedirs(final.parent)  # a new partition's directory must outlive a power cut
                     self._dirs.add(final.parent)
                 touched.append(final)
                 buf, sha = encode_parquet(rows, self.row_group_rows)
@@ -386,7 +531,7 @@ class ParquetSink:
             # Step 2: the commit lock (the compactor or retention may be changing the record).
             with locked(self.state_dir):
                 self._reload()
-                self._check_sole_writer()
+                ranges = self._merged_ranges(table)
                 # Step 3: rename into place; fsync each directory once.
                 for final, _ in staged:
                     os.replace(tmp_path(final), final)
@@ -397,12 +542,13 @@ class ParquetSink:
                 # Step 4: the commit record, atomically.
                 new_files = [m for _, m in staged]
                 snap = Snapshot(self._snap.generation + 1, self._snap.files + new_files,
-                                {k: r.pairs() for k, r in self._accepted.items()}, extra or {}, self._snap.retired,
+                                {k: r.pairs() for k, r in ranges.items()}, _merge_extra(self._snap.extra, extra),
+                                self._snap.retired,
                                 [p for p in self._snap.unreported if p not in self._confirmed]
                                 + [m.path for m in new_files])
                 write_snapshot(self.state_dir, snap)
                 self._snap = snap
-        except (OSError, SinkCommitError) as exc:
+        except (OSError, SinkCommitError, _Conflict) as exc:
             self._dirs.clear()  # a directory may be gone (retention, an operator): check them all again
             for final in touched:
                 with_tmp = [tmp_path(final)] + ([final] if final in renamed else [])
@@ -411,15 +557,26 @@ class ParquetSink:
                         p.unlink(missing_ok=True)
                     except OSError:
                         log.warning("sink.cleanup cannot_remove=%s", p)
-            if isinstance(exc, SinkCommitError):
+            if isinstance(exc, SinkCommitError | _Conflict):
                 raise
             raise storage_error("cannot commit to", self.root, exc, n) from exc
-        self._committed = {k: r.copy() for k, r in self._accepted.items()}
+        self._committed = ranges
+        self._accepted = {k: r.copy() for k, r in ranges.items()}
+        self._pending_sources.clear()
         self._confirmed.clear()
         self._buffer.clear()
         self._buffered_rows = 0
         log.info("sink.commit generation=%d files=%d rows=%d", self._snap.generation, len(new_files), n)
         return new_files
+
+
+def _merge_extra(old: dict, new: dict | None) -> dict:
+    """``extra`` is shared by the writers: each writes its own keys; a dict value is merged key by
+    key (e.g. ``detectors``: node → state file, where each worker writes the nodes it holds)."""
+    out = dict(old)
+    for k, v in (new or {}).items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def read_dataset(root: Path, state_dir: Path | None = None) -> pa.Table:

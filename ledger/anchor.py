@@ -8,6 +8,12 @@ checked in or a solc download, and would prove nothing more.) The ledger stores 
 :class:`AnchorReceipt`; :meth:`Chain.verify` later fetches the transaction and raises if it is gone,
 failed, moved to another block or carries different bytes.
 
+:class:`Chain` offers the steps one at a time (sign with an explicit nonce, broadcast, look up the
+block a transaction is in, the canonical hash at a height, the account's nonce at a height), because
+a transaction that is stuck, dropped or reorganised away has to be handled between those steps;
+``ledger.anchoring`` drives them. :meth:`Chain.anchor` is the one-call form (send, wait until
+mined) for tools and tests.
+
 Two chains sit behind :class:`Chain`:
 
 * ``rpc_url`` set: any JSON-RPC node over HTTP. Transactions are signed locally with the
@@ -15,34 +21,27 @@ Two chains sit behind :class:`Chain`:
   never holds the key. The chain id is read from the node.
 * ``rpc_url`` unset (the default): eth-tester's in-process py-evm chain, persisted in
   ``state_dir`` so that ``qctrace anchor`` and a later ``qctrace verify`` in another process see
-  the same blocks. See :class:`_LocalChain` for how, and for the limits. It is a development and
-  demo chain: it proves the ledger was not rewritten *unless the state file was rewritten too*,
-  which anyone with write access to the data directory can do. Real tamper evidence needs a chain
-  the ledger's owner does not control.
+  the same blocks (``ledger.local_chain``). It is a development and demo chain: it proves the
+  ledger was not rewritten *unless the state file was rewritten too*, which anyone with write
+  access to the data directory can do. Real tamper evidence needs a chain the ledger's owner does
+  not control.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
-import json
 import logging
-import os
 import re
-import struct
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils import ValidationError as EthValidationError
 from web3 import Web3
 from web3.exceptions import BlockNotFound, TimeExhausted, TransactionNotFound, Web3Exception
 
@@ -53,6 +52,9 @@ __all__ = [
     "DEV_PRIVATE_KEY",
     "AnchorReceipt",
     "Chain",
+    "Fees",
+    "Inclusion",
+    "SignedAnchorTx",
     "open_chain",
     "verify_anchor",
 ]
@@ -65,12 +67,11 @@ _T = TypeVar("_T")
 DEV_PRIVATE_KEY = "0x" + "00" * 31 + "01"
 DEV_ADDRESS = "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf"
 
-STATE_FILE = "evm-state.bin"
-LOCK_FILE = "evm-state.lock"
-
 _HEX32 = re.compile(r"0x[0-9a-f]{64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+#: What nodes answer when they already hold a transaction we broadcast again (geth, erigon, besu, nethermind).
+_ALREADY_KNOWN = ("already known", "known transaction", "alreadyknown", "already imported")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +113,100 @@ class AnchorReceipt:
         return cls(**{key: data[key] for key in expected})
 
 
+def _bump(value: int) -> int:
+    """+12.5 %, rounded up, and at least +1: nodes refuse a replacement below +10 % on each fee."""
+    return value + max(1, -(-value // 8))
+
+
+@dataclass(frozen=True, slots=True)
+class Fees:
+    """What a transaction offers per gas: EIP-1559 ``max_fee``/``tip``, or a legacy ``gas_price``
+    on a chain without a base fee (then the other two are 0)."""
+
+    max_fee: int = 0
+    tip: int = 0
+    gas_price: int = 0
+
+    def bumped(self, market: Fees) -> Fees:
+        """The fees of a replacement: each at least 12.5 % above ours (nodes demand +10 % on both,
+        or they keep the old transaction), and never below what the market asks now."""
+        if self.gas_price:
+            return Fees(gas_price=max(_bump(self.gas_price), market.gas_price))
+        tip = max(_bump(self.tip), market.tip)
+        return Fees(max_fee=max(_bump(self.max_fee), market.max_fee, tip), tip=tip)
+
+    def tx_fields(self) -> dict[str, int]:
+        if self.gas_price:
+            return {"gasPrice": self.gas_price}
+        return {"maxFeePerGas": self.max_fee, "maxPriorityFeePerGas": self.tip}
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fees:
+        return cls(**{f.name: int(data[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnchorTx:
+    """An anchor transaction signed locally, kept as the exact bytes so that it can be broadcast
+    again after a restart or a reorganisation without signing (and so paying for) a second one."""
+
+    tx_hash: str  # 0x + 64 lowercase hex
+    raw: str  # 0x + the signed RLP bytes
+    nonce: int
+    gas: int
+    fees: Fees
+    signed_at: float  # unix seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tx_hash": self.tx_hash, "raw": self.raw, "nonce": self.nonce, "gas": self.gas,
+                "fees": self.fees.to_dict(), "signed_at": self.signed_at}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SignedAnchorTx:
+        return cls(data["tx_hash"], data["raw"], int(data["nonce"]), int(data["gas"]), Fees.from_dict(data["fees"]),
+                   float(data["signed_at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Inclusion:
+    """The block a transaction is in right now (it may still be reorganised away)."""
+
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    status: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Inclusion:
+        return cls(data["tx_hash"], int(data["block_number"]), data["block_hash"], int(data["status"]))
+
+
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
 
 
 class Chain:
     """A connection to the chain anchors go to. Use :func:`open_chain`; close it (or use ``with``).
 
     ``label`` names the chain in every error message (the RPC URL, or the state directory).
+    Every call that reaches the node raises :class:`AnchorError` on a transport failure; none
+    retries (the caller decides when to try again).
     """
+
+    #: True when nothing but us makes blocks (the in-process chain): confirmations have to be mined.
+    produces_own_blocks: ClassVar[bool] = False
+    #: What the node (or an in-process backend) raises when it refuses a request.
+    _NODE_REFUSALS: ClassVar[tuple[type[Exception], ...]] = (Web3Exception, EthValidationError)
 
     def __init__(
         self,
@@ -136,7 +222,7 @@ class Chain:
         self._account = account
         self._receipt_timeout = receipt_timeout
         self._closed = False
-        self.chain_id: int = self._call("read the chain id", lambda: w3.eth.chain_id)
+        self.chain_id: int = self._read("read the chain id", lambda: w3.eth.chain_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -151,60 +237,86 @@ class Chain:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- anchoring ---------------------------------------------------------------------------------
+    # -- anchoring, one step at a time ---------------------------------------------------------------
 
-    def anchor(self, payload: bytes) -> AnchorReceipt:
-        """Send ``payload`` as a self-transaction and wait until it is mined with status 1."""
-        self._check_open()
+    @property
+    def sender(self) -> str:
+        """The anchoring account; raises ConfigError when no key was given (verifying needs none)."""
         if self._account is None:
             raise ConfigError(
                 f"anchoring on {self.label} needs a private key; export it (0x + 64 hex digits) in the environment"
                 " variable named by [ledger.anchor] private_key_env (verifying needs no key)"
             )
-        if not isinstance(payload, bytes) or not payload:
-            raise AnchorError("anchor payload must be non-empty bytes")
-        return self._call("send the anchor transaction", lambda: self._send(payload))
+        return self._account.address
 
-    def _send(self, payload: bytes) -> AnchorReceipt:
-        assert self._account is not None
-        eth = self._w3.eth
-        sender = self._account.address
-        tx: dict[str, Any] = {
-            "chainId": self.chain_id,
-            "from": sender,
-            "to": sender,
-            "value": 0,
-            "data": payload,
-            # "pending" so a transaction of ours still in a real node's mempool is not replaced.
-            "nonce": eth.get_transaction_count(sender, "pending"),
-        }
-        # Unused gas is refunded, so a margin costs nothing and survives intrinsic-gas rule changes.
-        tx["gas"] = eth.estimate_gas(tx) * 6 // 5
-        base_fee = eth.get_block("latest").get("baseFeePerGas")
-        if base_fee is None:  # a pre-London (or private, fee-less) chain
-            tx["gasPrice"] = eth.gas_price
-        else:
-            tip = eth.max_priority_fee
-            tx["maxPriorityFeePerGas"] = tip
-            tx["maxFeePerGas"] = 2 * base_fee + tip
-        del tx["from"]
-        signed = self._account.sign_transaction(tx)
-        tx_hash = eth.send_raw_transaction(signed.raw_transaction)
-        log.info("anchor.sent chain=%s tx=%s bytes=%d", self.label, tx_hash.to_0x_hex(), len(payload))
-        mined = eth.wait_for_transaction_receipt(tx_hash, timeout=self._receipt_timeout, poll_latency=0.5)
-        if mined["status"] != 1:
+    def head(self) -> int:
+        return self._read("read the head block", lambda: self._w3.eth.block_number)
+
+    def block_hash(self, number: int) -> str | None:
+        """The canonical block hash at ``number``, None above the head."""
+        return self._read("read a block", lambda: self._block_hash(number))
+
+    def nonce(self, block: int | str = "pending") -> int:
+        """How many transactions the anchoring account has had mined by ``block`` (or sent, "pending")."""
+        sender = self.sender
+        return self._read("read the account's nonce", lambda: self._w3.eth.get_transaction_count(sender, block))
+
+    def market_fees(self) -> Fees:
+        return self._read("read the fees", self._market_fees)
+
+    def sign_anchor(self, payload: bytes, nonce: int, fees: Fees, *, gas: int | None = None,
+                    now: float | None = None) -> SignedAnchorTx:
+        """Sign (locally; nothing is sent) the self-transaction carrying ``payload`` with this ``nonce``."""
+        _check_payload(payload)
+        sender = self.sender
+        return self._read("estimate the anchor's gas",
+                          lambda: self._sign(sender, payload, nonce, fees, gas, time.time() if now is None else now))
+
+    def broadcast(self, tx: SignedAnchorTx) -> None:
+        """Hand the signed bytes to the node. A node that already holds them is not an error."""
+        self._write("send the anchor transaction", lambda: self._broadcast(tx))
+
+    def inclusion(self, tx_hash: str) -> Inclusion | None:
+        """The block ``tx_hash`` is in on the canonical chain now, None if it is in none."""
+        return self._read("read a transaction receipt", lambda: self._inclusion(tx_hash))
+
+    def is_known(self, tx_hash: str) -> bool:
+        """Whether the node holds ``tx_hash`` at all (in its pool or in a block)."""
+        return self._read("look up a transaction", lambda: self._is_known(tx_hash))
+
+    def confirm_blocks(self, count: int) -> None:
+        """Mine ``count`` empty blocks; only a chain that :attr:`produces_own_blocks` can."""
+        raise AnchorError(f"{self.label} makes its own blocks; wait for them instead of mining")
+
+    def receipt_for(self, inclusion: Inclusion, payload: bytes) -> AnchorReceipt:
+        return AnchorReceipt(chain_id=self.chain_id, tx_hash=inclusion.tx_hash, block_number=inclusion.block_number,
+                             block_hash=inclusion.block_hash, sender=self.sender, payload_sha256=_sha256_hex(payload))
+
+    # -- anchoring, in one call --------------------------------------------------------------------
+
+    def anchor(self, payload: bytes) -> AnchorReceipt:
+        """Send ``payload`` as a self-transaction and wait until it is mined with status 1.
+
+        No confirmations, no replacement of a stuck transaction: checkpoints go through
+        ``ledger.anchoring``, which adds both.
+        """
+        _check_payload(payload)
+        sender = self.sender
+        tx = self._write("send the anchor transaction", lambda: self._sign_and_send(sender, payload))
+        deadline = time.monotonic() + self._receipt_timeout
+        while (found := self.inclusion(tx.tx_hash)) is None:
+            if time.monotonic() > deadline:
+                raise AnchorError(
+                    f"the anchor transaction was not mined on {self.label} within {self._receipt_timeout:g} s;"
+                    " check the node is producing blocks and the fee is high enough, then anchor again"
+                )
+            time.sleep(0.5)
+        if found.status != 1:
             raise AnchorError(
-                f"anchor transaction {tx_hash.to_0x_hex()} failed on {self.label} (status 0);"
+                f"anchor transaction {tx.tx_hash} failed on {self.label} (status 0);"
                 " check the account's balance and the node's gas rules, then anchor again"
             )
-        receipt = AnchorReceipt(
-            chain_id=self.chain_id,
-            tx_hash=tx_hash.to_0x_hex(),
-            block_number=mined["blockNumber"],
-            block_hash=mined["blockHash"].to_0x_hex(),
-            sender=sender,
-            payload_sha256=_sha256_hex(payload),
-        )
+        receipt = self.receipt_for(found, payload)
         log.info("anchor.mined chain=%s tx=%s block=%d", self.label, receipt.tx_hash, receipt.block_number)
         return receipt
 
@@ -230,7 +342,7 @@ class Chain:
                 " anchor receipt was altered after anchoring",
                 index=index, expected=receipt.payload_sha256, computed=computed,
             )
-        self._call("read the anchor transaction", lambda: self._check_on_chain(receipt, payload, index))
+        self._read("read the anchor transaction", lambda: self._check_on_chain(receipt, payload, index))
 
     def _check_on_chain(self, receipt: AnchorReceipt, payload: bytes, index: int | None) -> None:
         # Look in the block the receipt names rather than asking for the transaction by hash:
@@ -245,15 +357,16 @@ class Chain:
         except BlockNotFound:
             block = None
         tx_index = None
-        if block is not None and block["hash"].to_0x_hex() == receipt.block_hash:
-            hashes = [h.to_0x_hex() for h in block["transactions"]]
+        if block is not None and _hex(block["hash"]) == receipt.block_hash:
+            hashes = [_hex(h) for h in block["transactions"]]
             tx_index = hashes.index(receipt.tx_hash) if receipt.tx_hash in hashes else None
         if tx_index is None:
             try:
                 moved = eth.get_transaction(receipt.tx_hash)
             except TransactionNotFound:
                 raise AnchorMismatch(
-                    f"{where} does not exist: the chain was reset or replaced, or the receipt was altered",
+                    f"{where} does not exist: the chain was reorganised, reset or replaced, or the receipt was"
+                    " altered",
                     index=index, expected=named, computed="",
                 ) from None
             raise AnchorMismatch(
@@ -282,11 +395,79 @@ class Chain:
         """The execution status of a transaction already found at ``tx_index`` of its block."""
         return self._w3.eth.get_transaction_receipt(receipt.tx_hash)["status"]
 
+    # -- the node calls behind the steps (no locking, no error mapping) ------------------------------
+
+    def _block_hash(self, number: int) -> str | None:
+        try:
+            return _hex(self._w3.eth.get_block(number)["hash"])
+        except BlockNotFound:
+            return None
+
+    def _market_fees(self) -> Fees:
+        eth = self._w3.eth
+        base_fee = eth.get_block("latest").get("baseFeePerGas")
+        if base_fee is None:  # a pre-London (or private, fee-less) chain
+            return Fees(gas_price=eth.gas_price)
+        tip = eth.max_priority_fee
+        # Twice the base fee survives six full blocks of +12.5 % each before the transaction stalls.
+        return Fees(max_fee=2 * base_fee + tip, tip=tip)
+
+    def _sign(self, sender: str, payload: bytes, nonce: int, fees: Fees, gas: int | None,
+              now: float) -> SignedAnchorTx:
+        assert self._account is not None
+        tx: dict[str, Any] = {"chainId": self.chain_id, "to": sender, "value": 0, "data": payload, "nonce": nonce}
+        if gas is None:
+            # Unused gas is refunded, so a margin costs nothing and survives intrinsic-gas rule changes.
+            gas = self._w3.eth.estimate_gas({**tx, "from": sender}) * 6 // 5
+        signed = self._account.sign_transaction({**tx, "gas": gas, **fees.tx_fields()})
+        return SignedAnchorTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce, gas, fees, now)
+
+    def _broadcast(self, tx: SignedAnchorTx) -> None:
+        try:
+            self._w3.eth.send_raw_transaction(tx.raw)
+        except self._NODE_REFUSALS as exc:
+            if any(s in str(exc).lower() for s in _ALREADY_KNOWN):
+                return
+            raise
+        log.info("anchor.sent chain=%s tx=%s nonce=%d", self.label, tx.tx_hash, tx.nonce)
+
+    def _sign_and_send(self, sender: str, payload: bytes) -> SignedAnchorTx:
+        # "pending" so a transaction of ours still in a real node's mempool is not replaced.
+        tx = self._sign(sender, payload, self._w3.eth.get_transaction_count(sender, "pending"), self._market_fees(),
+                        None, time.time())
+        self._broadcast(tx)
+        return tx
+
+    def _inclusion(self, tx_hash: str) -> Inclusion | None:
+        try:
+            r = self._w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+        if r is None or r["blockNumber"] is None:  # some nodes answer a pending transaction this way
+            return None
+        return Inclusion(tx_hash, r["blockNumber"], _hex(r["blockHash"]), r["status"])
+
+    def _is_known(self, tx_hash: str) -> bool:
+        try:
+            return self._w3.eth.get_transaction(tx_hash) is not None
+        except TransactionNotFound:
+            return False
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise AnchorError(f"the chain {self.label} is closed; open_chain() again")
+
+    def _read(self, doing: str, fn: Callable[[], _T]) -> _T:
+        """A call that only reads the chain. The in-process chain reloads its state first."""
+        self._check_open()
+        return self._call(doing, fn)
+
+    def _write(self, doing: str, fn: Callable[[], _T]) -> _T:
+        """A call that may add blocks. The in-process chain holds its file lock and saves after it."""
+        self._check_open()
+        return self._call(doing, fn)
 
     def _call(self, doing: str, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` and turn transport failures into an AnchorError naming the chain and the fix."""
@@ -302,202 +483,17 @@ class Chain:
                 f"the anchor transaction was not mined on {self.label} within {self._receipt_timeout:g} s;"
                 " check the node is producing blocks and the fee is high enough, then anchor again"
             ) from exc
-        except (Web3Exception, requests.exceptions.RequestException) as exc:
+        except (*self._NODE_REFUSALS, requests.exceptions.RequestException) as exc:
             raise AnchorError(f"the anchor chain at {self.label} refused to {doing}: {exc}") from exc
 
 
-class _LocalChain(Chain):
-    """eth-tester's in-process py-evm chain, persisted in ``state_dir`` between processes.
-
-    How: py-evm keeps *everything* (headers, canonical-chain index, block bodies, receipts, state
-    trie) in one key-value store, ``chain.chaindb.db`` - an ``AtomicDB`` over a ``MemoryDB`` whose
-    ``kv_store`` is a plain ``dict[bytes, bytes]``. ``MiningChain(base_db)`` rebuilds a chain from
-    such a store alone: it reads the canonical head from the store and starts a new pending block on
-    top. So after each anchor is mined the whole dict is written to ``evm-state.bin`` (temp file,
-    fsync, rename, fsync the directory), and a later process loads the dict and rebuilds the chain:
-    same blocks, same hashes, same account nonce. The chain class (PragueVM rules, eth-tester's
-    chain id) is taken from a throwaway ``PyEVMBackend``, so it is exactly eth-tester's.
-
-    Concurrency: an anchor holds an exclusive ``flock`` on ``evm-state.lock`` from reloading the
-    latest state to renaming the new file, so two anchoring processes are serialised and neither
-    loses the other's block. Readers need no lock: the rename is atomic, and every call reloads the
-    file if it changed since it was read.
-
-    Limits: each anchor rewrites the whole file (~1.9 KB per anchor: 100 anchors ~190 KB, so 10 000
-    anchors ~19 MB per write) - fine for checkpoints, wrong for high-rate use. The whole chain is
-    held in memory. The file is only meaningful to the same py-evm fork rules (PragueVM today):
-    py-evm/eth-tester versions are recorded in the header and a change is logged, not refused. A
-    missing state directory is created with a new genesis, so deleting it makes every earlier
-    anchor fail as "does not exist". POSIX only (``fcntl``). And it is a stand-in for a real chain
-    - see the module docstring.
-    """
-
-    _MAGIC = b"qctrace-evm-state/1\n"
-    _LOCK_WAIT_S = 30.0
-
-    def __init__(self, state_dir: Path) -> None:
-        from eth_tester import EthereumTester, PyEVMBackend
-        from web3 import EthereumTesterProvider
-
-        self._dir = state_dir
-        self._path = state_dir / STATE_FILE
-        self._lock_path = state_dir / LOCK_FILE
-        self._thread_lock = threading.Lock()  # flock is per open file, not per thread of a Chain
-        self._backend = PyEVMBackend()
-        self._chain_cls = type(self._backend.chain)
-        self._loaded: tuple[int, int, int] | None = None
-        state_dir.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            if not self._path.exists():
-                self._save()  # a fresh genesis, fixed on disk before anything refers to it
-                log.info("anchor.local.created path=%s", self._path)
-            self._refresh()
-        w3 = Web3(EthereumTesterProvider(EthereumTester(self._backend)))
-        super().__init__(w3, f"in-process chain {state_dir}", Account.from_key(DEV_PRIVATE_KEY), 5.0)
-
-    def anchor(self, payload: bytes) -> AnchorReceipt:
-        self._check_open()
-        with self._locked():
-            self._refresh()
-            try:
-                receipt = super().anchor(payload)
-                self._save()
-            except BaseException:
-                self._loaded = None  # memory may hold a block the disk does not: reload next time
-                raise
-        return receipt
-
-    def verify(self, receipt: AnchorReceipt, payload: bytes, *, index: int | None = None) -> None:
-        self._check_open()
-        with self._thread_lock:
-            self._refresh()
-            super().verify(receipt, payload, index=index)
-
-    def close(self) -> None:
-        super().close()
-        self._backend.chain = None
-
-    def _status(self, receipt: AnchorReceipt, tx_index: int) -> int:
-        # eth-tester's receipt lookup scans the chain for the hash; py-evm can read the block's
-        # receipts directly. A post-Byzantium receipt's ``state_root`` field holds the status byte,
-        # which is what eth-tester's own serializer reports as ``status``.
-        chain = self._backend.chain
-        block = chain.get_canonical_block_by_number(receipt.block_number)
-        return int.from_bytes(block.get_receipts(chain.chaindb)[tx_index].state_root, "big")
-
-    # -- persistence -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock, open(self._lock_path, "a+b") as fh:
-            deadline = time.monotonic() + self._LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise AnchorError(
-                            f"another process has held {self._lock_path} for {self._LOCK_WAIT_S:g} s;"
-                            " wait for its anchor to finish, or check for a stuck qctrace process"
-                        ) from None
-                    time.sleep(0.02)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _file_id(self) -> tuple[int, int, int]:
-        st = self._path.stat()
-        return st.st_ino, st.st_size, st.st_mtime_ns
-
-    def _refresh(self) -> None:
-        """Rebuild the chain from disk if the file changed since we read it (another process anchored)."""
-        from eth.db.atomic import AtomicDB
-        from eth.db.backends.memory import MemoryDB
-
-        try:
-            file_id = self._file_id()
-        except FileNotFoundError:
-            raise AnchorError(
-                f"the in-process chain's state {self._path} is gone; every anchor made on it is unverifiable."
-                " Restore it from backup"
-            ) from None
-        if file_id == self._loaded:
-            return
-        t0 = time.perf_counter()
-        data = self._path.read_bytes()
-        header, kv = self._decode(data)
-        self._backend.chain = self._chain_cls(AtomicDB(MemoryDB(kv)))
-        self._loaded = file_id
-        if header.get("versions") != _versions():
-            log.warning("anchor.local.versions_changed path=%s stored=%s running=%s", self._path,
-                        header.get("versions"), _versions())
-        log.info("anchor.local.loaded path=%s head=%d entries=%d bytes=%d ms=%.1f", self._path,
-                 header["head"], len(kv), len(data), (time.perf_counter() - t0) * 1e3)
-
-    def _save(self) -> None:
-        chain = self._backend.chain
-        kv: dict[bytes, bytes] = chain.chaindb.db.wrapped_db.kv_store
-        head = chain.get_canonical_head()
-        header = {"head": head.block_number, "head_hash": "0x" + head.hash.hex(), "versions": _versions()}
-        parts = [self._MAGIC, json.dumps(header, sort_keys=True).encode() + b"\n", struct.pack(">Q", len(kv))]
-        for key, value in kv.items():
-            parts += (struct.pack(">II", len(key), len(value)), key, value)
-        body = b"".join(parts)
-        data = body + hashlib.sha256(body).digest()
-        tmp = self._path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._path)
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._loaded = self._file_id()
-        log.info("anchor.local.saved path=%s head=%d entries=%d bytes=%d", self._path, head.block_number, len(kv),
-                 len(data))
-
-    def _decode(self, data: bytes) -> tuple[dict[str, Any], dict[bytes, bytes]]:
-        def corrupt(why: str) -> AnchorError:
-            return AnchorError(
-                f"the in-process chain's state {self._path} is corrupt ({why}); restore it from backup -"
-                " anchors made on it cannot be verified without it"
-            )
-
-        body, digest = data[:-32], data[-32:]
-        if not data.startswith(self._MAGIC) or len(data) < len(self._MAGIC) + 32:
-            raise corrupt("not a qctrace EVM state file")
-        if hashlib.sha256(body).digest() != digest:
-            raise corrupt("checksum mismatch")
-        view = memoryview(body)
-        eol = body.index(b"\n", len(self._MAGIC))
-        header = json.loads(body[len(self._MAGIC):eol])
-        pos = eol + 1
-        (count,) = struct.unpack_from(">Q", view, pos)
-        pos += 8
-        kv: dict[bytes, bytes] = {}
-        for _ in range(count):
-            klen, vlen = struct.unpack_from(">II", view, pos)
-            pos += 8
-            kv[bytes(view[pos:pos + klen])] = bytes(view[pos + klen:pos + klen + vlen])
-            pos += klen + vlen
-        if pos != len(body):
-            raise corrupt("length mismatch")
-        return header, kv
+def _check_payload(payload: bytes) -> None:
+    if not isinstance(payload, bytes) or not payload:
+        raise AnchorError("anchor payload must be non-empty bytes")
 
 
 def _hex_or_none(value: bytes | None) -> str | None:
-    return None if value is None else "0x" + bytes(value).hex()
-
-
-def _versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("py-evm", "eth-tester")}
+    return None if value is None else _hex(value)
 
 
 def open_chain(
@@ -514,7 +510,7 @@ def open_chain(
     ``<data_dir>/chain``), which always anchors from :data:`DEV_ADDRESS`. Otherwise ``rpc_url`` is an
     HTTP JSON-RPC endpoint; ``private_key`` (hex) is needed to anchor, not to verify. ``timeout``
     bounds each RPC request and there are no retries, so a dead node fails fast; ``receipt_timeout``
-    bounds the wait for the anchor to be mined.
+    bounds :meth:`Chain.anchor`'s wait for the anchor to be mined.
     """
     if not rpc_url:
         if private_key and private_key.lower().removeprefix("0x") != DEV_PRIVATE_KEY[2:]:
@@ -522,7 +518,9 @@ def open_chain(
                 "the in-process anchor chain (empty [ledger.anchor] rpc_url) only funds eth-tester's dev account;"
                 " unset the variable named by [ledger.anchor] private_key_env, or set rpc_url to a real node"
             )
-        return _LocalChain(state_dir)
+        from ledger.local_chain import LocalChain
+
+        return LocalChain(state_dir)
 
     account = None
     if private_key:

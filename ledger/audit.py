@@ -3,8 +3,10 @@
 1. The chain, the leaf hashes, the derived index columns and the stored Merkle nodes (one scan of
    the stored bytes; see ``Ledger.scan``).
 2. Every signed checkpoint, from the ledger and from the checkpoint files beside it (and any the
-   auditor brings): the signature with a trusted key, the size no larger than the ledger (else it
-   was rolled back), and the root equal to the tree's root at that size.
+   auditor brings): the signature with a trusted key (all signatures before anything else), the
+   size no larger than the ledger (else it was rolled back), and the root equal to the tree's root
+   at that size (else the ledger changed, or, when another trusted checkpoint of that size or
+   larger matches the ledger, the keys signed two histories: a fork). Errors name the checkpoint.
 3. Every anchor receipt: the transaction is on the chain and carries that checkpoint.
 4. Every ``data_committed`` event: the Parquet file still hashes to what the ledger recorded.
 
@@ -25,7 +27,14 @@ from ledger.note import Verifier
 from ledger.publish import anchor_files, anchor_payload, checkpoint_files
 from ledger.store import Ledger
 from qctrace.durable import sha256_file
-from qctrace.errors import AnchorMismatch, BadSignature, DataFileChanged, RolledBack, RootMismatch
+from qctrace.errors import (
+    AnchorMismatch,
+    BadSignature,
+    DataFileChanged,
+    LedgerIntegrityError,
+    RolledBack,
+    RootMismatch,
+)
 
 if TYPE_CHECKING:  # web3 costs ~1 s to import; only anchoring needs it
     from ledger.anchor import Chain
@@ -74,18 +83,18 @@ def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir:
     if notes and not verifiers:
         raise BadSignature(f"the ledger has {len(notes)} signed checkpoints but no key to check them with:"
                            f" {no_key_hint}")
+    # Every signature first: a forged checkpoint is named as forged, not as a rollback or a fork.
+    opened = [(where, _open(where, note, verifiers)) for where, note in notes]
     verified: dict[int, Checkpoint] = {}
-    for k, (where, note) in enumerate(notes):
-        tell("checkpoints")(k, len(notes))
-        cp = open_checkpoint(note, verifiers)
+    for k, (where, cp) in enumerate(opened):
+        tell("checkpoints")(k, len(opened))
         if cp.size > scan.events:
             raise RolledBack(f"{where}: signed for {cp.size} events, but the ledger holds only {scan.events}:"
                              f" events #{scan.events}..#{cp.size - 1} were removed (rolled back or truncated)",
                              index=scan.events, expected=str(cp.size), computed=str(scan.events))
         root = led.root(cp.size)
         if root != cp.root:
-            raise RootMismatch(f"{where}: the signed root for size {cp.size} is not the ledger's root at that size"
-                               " (events before it were changed since it was signed)", index=None,
+            raise RootMismatch(_root_mismatch(where, cp, opened, led, scan.events), index=None,
                                expected=cp.root.hex(), computed=root.hex())
         verified[cp.size] = cp
     report.checkpoints = len(verified)
@@ -132,3 +141,35 @@ def verify_ledger(led: Ledger, verifiers: Sequence[Verifier], *, checkpoint_dir:
                                       index=ev.idx, expected=d["sha256"], computed=h)
         report.data_files = len(committed)
     return report
+
+
+def _open(where: str, note: bytes, verifiers: Sequence[Verifier]) -> Checkpoint:
+    """``open_checkpoint``, its error (same type) saying which checkpoint it is about."""
+    try:
+        return open_checkpoint(note, verifiers)
+    except LedgerIntegrityError as e:  # BadSignature, or a signed body that is not a checkpoint
+        raise type(e)(f"{where}: {e}", index=e.index, expected=e.expected, computed=e.computed) from e
+
+
+def _root_mismatch(where: str, cp: Checkpoint, opened: Sequence[tuple[str, Checkpoint]], led: Ledger,
+                   events: int) -> str:
+    """Why ``cp`` disagrees with the ledger, as far as the other signed checkpoints tell.
+
+    A trusted checkpoint at the same or a larger size that the ledger matches commits to other
+    first ``cp.size`` events than ``cp`` does: the keys signed two histories (a fork). One at a
+    smaller size that the ledger matches narrows down where the histories part."""
+    agree = [(w, o) for w, o in opened if o.size <= events and led.root(o.size) == o.root]
+    head = f"{where}: the signed root for size {cp.size} is not the ledger's root at that size"
+    later = [(w, o) for w, o in agree if o.size >= cp.size]
+    if later:
+        w, o = min(later, key=lambda wo: wo[1].size)
+        return (f"{where}: fork: the signed root for size {cp.size} is not the ledger's root at that size, yet"
+                f" {w} (size {o.size}), signed by a trusted key too, matches the ledger: trusted keys signed two"
+                f" different histories of events #0..#{cp.size - 1}")
+    earlier = [(w, o) for w, o in agree if o.size < cp.size]
+    if earlier:
+        w, o = max(earlier, key=lambda wo: wo[1].size)
+        return (f"{head}; the ledger still matches {w} (size {o.size}): either events #{o.size}..#{cp.size - 1}"
+                " were changed after it was signed, or it was signed over another history (a fork)")
+    return (f"{head}: events #0..#{cp.size - 1} were changed since it was signed, or it was signed over another"
+            " history (a fork)")

@@ -52,20 +52,41 @@ def make_checkpoint(led: Ledger, signer: Signer, checkpoint_dir: Path) -> tuple[
     return size, note
 
 
-def anchor_checkpoint(led: Ledger, chain: Chain, checkpoint_dir: Path, size: int | None = None) -> AnchorReceipt:
-    """Put the checkpoint of ``size`` (default: the latest) on chain and record the receipt."""
+def checkpoint_payload(led: Ledger, size: int) -> bytes:
+    """The bytes that go on chain for the signed checkpoint of ``size`` (its body, without signatures)."""
+    note = dict(led.checkpoints()).get(size)
+    if note is None:
+        raise LedgerError(f"{led.path}: no checkpoint of size {size}; `qctrace checkpoint` signs one")
+    return anchor_payload(note.decode("utf-8").split("\n\n", 1)[0] + "\n")
+
+
+def record_anchor(led: Ledger, checkpoint_dir: Path, size: int, receipt: AnchorReceipt) -> None:
+    """Keep a final anchor receipt in the ledger and as ``<size>.anchor.json`` beside the checkpoint.
+
+    Idempotent: ``ledger.anchoring`` may record the same receipt again after a crash between the two.
+    """
+    led.add_anchor(size, receipt.to_dict())
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(checkpoint_dir / f"{size:012d}.anchor.json", json.dumps(receipt.to_dict(), indent=1).encode())
+    log.info("ledger.anchor size=%d tx=%s block=%d", size, receipt.tx_hash, receipt.block_number)
+
+
+def anchor_checkpoint(led: Ledger, chain: Chain, checkpoint_dir: Path, size: int | None = None, *,
+                      confirmations: int | None = None, wait_s: float = 900.0) -> AnchorReceipt:
+    """Anchor the checkpoint of ``size`` (default: the latest) on ``chain`` and wait until it is final.
+
+    Goes through ``ledger.anchoring`` like the background anchorer, so a checkpoint already anchored
+    (or in flight, from this or another process) is never anchored a second time.
+    """
+    from ledger.anchoring import AnchorPolicy, anchor_until_final
+
     cps = dict(led.checkpoints())
     size = max(cps, default=None) if size is None else size
     if size not in cps:
         what = "no signed checkpoint yet" if size is None else f"no checkpoint of size {size}"
         raise LedgerError(f"{led.path}: {what}; `qctrace checkpoint` signs one")
-    text = cps[size].decode("utf-8").split("\n\n", 1)[0] + "\n"
-    receipt = chain.anchor(anchor_payload(text))
-    led.add_anchor(size, receipt.to_dict())
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(checkpoint_dir / f"{size:012d}.anchor.json", json.dumps(receipt.to_dict(), indent=1).encode())
-    log.info("ledger.anchor size=%d tx=%s block=%d", size, receipt.tx_hash, receipt.block_number)
-    return receipt
+    return anchor_until_final(led.path, checkpoint_dir, lambda: chain, AnchorPolicy(confirmations=confirmations),
+                              size, wait_s=wait_s, owns_chain=False)
 
 
 def checkpoint_files(checkpoint_dir: Path) -> list[tuple[Path, bytes]]:

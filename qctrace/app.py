@@ -360,10 +360,23 @@ async def _drain(readers: list, produced: dict[str, int], timeout_s: float, quie
     log.warning("app.drain_incomplete missing=%s", pending)
 
 
-def audit_against_truth(data_dir: Path, ledger: Ledger,
-                        dataset: pa.Table | None = None) -> tuple[dict[str, int], dict[str, int]]:
+def gap_windows(ledger: Ledger) -> dict[str, list[tuple[int, int]]]:
+    """Per source, the (start, end) ns of every recorded data gap: what the ledger says was not collected."""
+    gaps: dict[str, list[tuple[int, int]]] = {}
+    for e in ledger.events(kind=events.DATA_GAP):
+        g = e.as_dict()["qctrace:gap"]
+        gaps.setdefault(g["source"], []).append((_parse_iso(g["start"]), _parse_iso(g["end"])))
+    return gaps
+
+
+def audit_against_truth(data_dir: Path, ledger: Ledger, dataset: pa.Table | None = None,
+                        plant_clock: tuple[int, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Compare what the simulator sent with Parquet: readings missing but inside a recorded gap of
-    their source, and readings missing with no explanation (which must be none), per source."""
+    their source, and readings missing with no explanation (which must be none), per source.
+
+    ``plant_clock`` (start ns, tick ns): a reading also counts as inside a gap when the plant's
+    time of its tick is. A device whose clock was wrong stamps its readings with that clock, while
+    a gap record for an edge outage speaks of the time the edge was away."""
     import pyarrow.parquet as pq
 
     truth_path = data_dir / TRUTH_DIR / "readings.parquet"
@@ -372,20 +385,20 @@ def audit_against_truth(data_dir: Path, ledger: Ledger,
     truth = pq.read_table(truth_path)
     key = pa.table({"source": truth.column("source").cast(pa.string()),
                     "sensor": truth.column("sensor").cast(pa.string()),
-                    "ts": truth.column("ts").cast(pa.int64())})
+                    "ts": truth.column("ts").cast(pa.int64()), "tick": truth.column("tick").cast(pa.int64())})
     got = read_dataset(data_dir / READINGS_DIR) if dataset is None else dataset
     have = pa.table({"source": source_keys(got), "sensor": got.column("sensor").cast(pa.string()),
                      "ts": got.column("ts").cast(pa.int64()), "seen": pa.array([True] * got.num_rows)})
     joined = key.join(have, ["source", "sensor", "ts"], join_type="left outer")
     missing = joined.filter(pc.is_null(joined.column("seen")))
-    gaps: dict[str, list[tuple[int, int]]] = {}
-    for e in ledger.events(kind=events.DATA_GAP):
-        g = e.as_dict()["qctrace:gap"]
-        gaps.setdefault(g["source"], []).append((_parse_iso(g["start"]), _parse_iso(g["end"])))
+    gaps = gap_windows(ledger)
     in_gaps: dict[str, int] = {}
     unexplained: dict[str, int] = {}
-    for src, ts in zip(missing.column("source").to_pylist(), missing.column("ts").to_pylist(), strict=True):
-        covered = any(a <= ts <= b for a, b in gaps.get(src, ()))
+    ticks = missing.column("tick").to_pylist() if "tick" in missing.column_names else [None] * missing.num_rows
+    for src, ts, tick in zip(missing.column("source").to_pylist(), missing.column("ts").to_pylist(), ticks,
+                             strict=True):
+        at = [ts] if plant_clock is None or tick is None else [ts, plant_clock[0] + tick * plant_clock[1]]
+        covered = any(a <= t <= b for a, b in gaps.get(src, ()) for t in at)
         target = in_gaps if covered else unexplained
         target[src] = target.get(src, 0) + 1
     return in_gaps, unexplained

@@ -1,9 +1,10 @@
 """The fault campaign: the distributed pipeline under random faults, checked against ground truth.
 
-Real processes: `qctrace sim` (OPC UA over TCP, loggers on ptys), a private Mosquitto, `qctrace
-edge` and `qctrace ingest` joined by MQTT. While the plant runs, a seeded injector picks faults at
-random instants: SIGKILL of the ingest worker, SIGKILL of the edge node, a broker crash (SIGKILL)
-and restart. Afterwards the oracle, which is independent of ingest, compares the simulator's own
+Real processes: `qctrace sim` (OPC UA over TCP, loggers on ptys), a private Mosquitto, one or
+more `qctrace edge` nodes (the plant's devices dealt out among them) and one or more `qctrace
+ingest` workers sharing them (``ingest.leases``), joined by MQTT. While the plant runs, a seeded
+injector picks faults at random instants: SIGKILL of an ingest worker, SIGKILL of an edge node, a
+broker crash (SIGKILL) and restart. Afterwards the oracle, which is independent of ingest, compares the simulator's own
 record of what it sent with Parquet: per source, readings produced, written, missing but inside a
 recorded gap, missing with no explanation (must be 0) and written twice (must be 0); then the
 ledger is verified. As Jepsen and SQLite do it: the faults are random, the check is exhaustive.
@@ -12,10 +13,7 @@ ledger is verified. As Jepsen and SQLite do it: the faults are random, the check
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -27,16 +25,20 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of, streams_of
+from firmware_sim.scenario import load_scenario, shipments_of, streams_of
 from ingest.sink import read_dataset
 from qctrace.broker import LocalBroker
+from qctrace.config import load_config
 from qctrace.errors import QctraceError
+from qctrace.faults import Ballast, FaultUnavailable, fill_disk, mount_tmpfs, umount
+from qctrace.ledger_ops import ensure_keys
+from qctrace.resources import ResourceSampler, bounded, process_tree
+from qctrace.topology import Stage, Topology, edge_configs, worker_configs, write_config
 
-FAULTS = ("kill_ingest", "kill_edge", "crash_broker", "restart_plc", "unplug_logger")
-PROCESS_FAULTS = ("kill_ingest", "kill_edge", "crash_broker")
+FAULTS = ("kill_ingest", "kill_edge", "crash_broker", "fill_spool_disk", "restart_plc", "unplug_logger", "skew_clock")
+PROCESS_FAULTS = ("kill_ingest", "kill_edge", "crash_broker", "fill_spool_disk")
 """Injected by the campaign at random real instants; the others are scheduled inside the simulator
 (at random simulated instants drawn from the seed), because only it can stop a PLC or pull a cable."""
-READY = {"ingest": "ingest w1: $share/", "edge": " readers open "}
 
 
 @dataclass
@@ -48,18 +50,26 @@ class CampaignResult:
     written: dict[str, int] = field(default_factory=dict)
     in_gaps: dict[str, int] = field(default_factory=dict)
     unexplained: dict[str, int] = field(default_factory=dict)
+    edges: int = 1
+    workers: int = 1
+    latency_ms: dict[str, float] = field(default_factory=dict)  # source time to Parquet commit, when measured
     duplicated: int = 0
     gap_records: int = 0
     ledger_verified: bool = False
     ledger_message: str = ""
+    skipped: list[str] = field(default_factory=list)  # faults this machine cannot inject, and why
+    resources: list = field(default_factory=list)  # qctrace.resources.MetricVerdict per metric
+    check_resources: bool = False  # long runs: memory, fds, spool and file count must stay bounded
 
     @property
     def ok(self) -> bool:
-        return not self.unexplained and self.duplicated == 0 and self.ledger_verified
+        bounded = all(v.bounded for v in self.resources) if self.check_resources else True
+        return not self.unexplained and self.duplicated == 0 and self.ledger_verified and bounded
 
     def lines(self) -> list[str]:
         f = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
-        out = [f"seed {self.seed}: {self.duration_s:.0f} s, faults: {f}",
+        out = [f"seed {self.seed}: {self.duration_s:.0f} s, {self.edges} edge node(s), {self.workers} ingest"
+               f" worker(s), faults: {f}",
                f"  {'source':<34}{'produced':>10}{'written':>10}{'in gaps':>10}{'missing':>10}"]
         cols = (self.produced, self.written, self.in_gaps, self.unexplained)
         for src in sorted(set(self.produced) | set(self.written)):
@@ -68,145 +78,132 @@ class CampaignResult:
         out.append(f"  duplicated {self.duplicated}, gap records {self.gap_records}, ledger "
                    + ("verified" if self.ledger_verified else f"NOT verified: {self.ledger_message}")
                    + ("  -> PASS" if self.ok else "  -> FAIL"))
+        out += [f"  skipped: {s}" for s in self.skipped]
+        if self.resources:
+            from qctrace.resources import report_lines
+
+            out += ["  resources (2nd quarter of the run against the last):", *report_lines(self.resources)]
+        if self.latency_ms:
+            lm = self.latency_ms
+            out.append(f"  source time to Parquet commit, {lm.get('readings', 0):,.0f} readings: p50"
+                       f" {lm.get('p50', 0):,.0f} ms, p99 {lm.get('p99', 0):,.0f} ms, max {lm.get('max', 0):,.0f} ms;"
+                       f" outside recorded outages p50 {lm.get('p50_outside_outages', 0):,.0f} ms, p99"
+                       f" {lm.get('p99_outside_outages', 0):,.0f} ms ({lm.get('in_outages', 0):,.0f} readings"
+                       " arrived late from inside an outage)")
         return out
 
 
-def _spawn(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "qctrace", *args], start_new_session=True, **kw)
-
-
-def _write_config(path: Path, data: Path, scenario: str, broker_port: int, ready: dict) -> None:
-    endpoints = ", ".join(json.dumps(e) for e in ready["opcua"])
-    serial = ""
-    for sh in shipments_of(load_scenario(scenario)):
-        port = ready["serial"].get(sh.id)
-        if port:
-            serial += (f'[[edge.serial.devices]]\nport = {json.dumps(port)}\nsite = "{COLDCHAIN_SITE}"\n'
-                       f'line = {json.dumps(sh.id)}\ndevice = {json.dumps(sh.logger)}\nlot = {json.dumps(sh.lot)}\n')
-    path.write_text(f"""data_dir = {json.dumps(str(data))}
-[plant]
-scenario = {json.dumps(scenario)}
-[edge]
-node = "edge1"
-opcua_endpoints = [{endpoints}]
-[edge.opcua]
-security_policy = "None"   # the simulator's plain endpoint on loopback; the campaign tests faults, not TLS
-{serial}[mqtt]
-port = {broker_port}
-[spool]
-resend_after_s = 3.0
-[sink]
-flush_age_s = 0.5
-""")
-
-
-class _Stage:
-    """One restartable process of the pipeline, its output kept for diagnosis."""
-
-    def __init__(self, name: str, conf: Path, logs: Path) -> None:
-        self.name = name
-        self.conf = conf
-        self.logs = logs
-        self.starts = 0
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        self.starts += 1
-        with open(self.logs / f"{self.name}-{self.starts}.log", "w") as log:
-            self.proc = _spawn("-v", self.name, str(self.conf), stdout=subprocess.PIPE, stderr=log, text=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise QctraceError(f"campaign: {self.name} exited while starting (see {self.logs})")
-            if READY[self.name] in line:
-                return
-        raise QctraceError(f"campaign: {self.name} did not start within {timeout_s} s")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return 0 if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str, ...] = FAULTS,
-                 scenario: str = "demo", speed: float = 20.0, mean_interval_s: float = 2.0,
+                 scenario: str = "demo", speed: float = 20.0, mean_interval_s: float = 2.0, edges: int = 1,
+                 workers: int = 1, overrides: dict | None = None, measure_latency: bool = False,
                  say: Callable[[str], None] = lambda s: None) -> CampaignResult:
-    """One seeded run: the plant under random faults for ``duration_s``, then the oracle."""
+    """One seeded run: the plant under random faults for ``duration_s``, then the oracle.
+
+    ``overrides`` are configuration changes for every process (dotted keys). With
+    ``measure_latency`` the result has the source-time-to-commit latency of every reading (see
+    ``_latency``); background compaction is then off, since it rewrites the files it is read from."""
     unknown = set(faults) - set(FAULTS)
     if unknown:
         raise QctraceError(f"campaign: unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
     rng = random.Random(seed)
     work.mkdir(parents=True, exist_ok=True)
-    data, conf, logs = work / "data", work / "qctrace.toml", work / "logs"
+    data, logs = work / "data", work / "logs"
     logs.mkdir(exist_ok=True)
-    result = CampaignResult(seed, duration_s)
+    result = CampaignResult(seed, duration_s, edges=edges, workers=workers, check_resources=duration_s >= 600)
     scenario = _with_device_faults(scenario, faults, work / "scenario.toml", rng, duration_s * speed, result.faults)
     runtime_faults = tuple(f for f in faults if f in PROCESS_FAULTS)
     with LocalBroker(work / "broker") as broker:
-        sim = _spawn("sim", scenario, "--seed", str(seed), "--speed", str(speed), "--truth-dir",
-                     str(data / "truth"), "--dev-dir", str(data / "dev"), "--control", stdin=subprocess.PIPE,
-                     stdout=subprocess.PIPE, text=True)
-        stages = {n: _Stage(n, conf, logs) for n in ("ingest", "edge")}
+        cfg = load_config(None).with_overrides(**{
+            "data_dir": str(data.resolve()), "plant.scenario": scenario, "plant.seed": seed, "plant.speed": speed,
+            "edge.opcua.security_policy": "None",  # the simulator on loopback; the campaign tests faults, not TLS
+            "mqtt.port": broker.port, "spool.resend_after_s": 3.0, "sink.flush_age_s": 0.5,
+            "metrics.edge_port": 0, "metrics.ingest_port": 0, **(overrides or {}),
+            **({"sink.compact_every_s": 0.0} if measure_latency else {})})
+        ensure_keys(cfg)
+        top = Topology(cfg, work)
+        mounted: list[Path] = []
+        sampler: ResourceSampler | None = None
+        stages: dict[str, list[Stage]] = {"edge": [], "ingest": []}
         try:
-            ready = json.loads(sim.stdout.readline())
-            _write_config(conf, data, scenario, broker.port, ready)
-            for s in stages.values():
+            ready = top.start_sim()
+            ecfgs = edge_configs(cfg, ready, edges)
+            stages["ingest"] = top.add_workers([write_config(w, work / f"ingest-w{i + 1}.toml")
+                                                for i, w in enumerate(worker_configs(cfg, workers))])
+            stages["edge"] = top.add_edges([write_config(e, work / f"{e.edge.node}.toml") for e in ecfgs],
+                                           [e.edge.node for e in ecfgs])
+            spool1 = data / "edge" / "edge1" / "spool"
+            if "fill_spool_disk" in runtime_faults:  # edge1's spool on a small filesystem of its own
+                try:
+                    mount_tmpfs(spool1, 64 << 20)
+                    mounted.append(spool1)
+                except FaultUnavailable as exc:
+                    result.skipped.append(f"fill_spool_disk: {exc}")
+                    runtime_faults = tuple(f for f in runtime_faults if f != "fill_spool_disk")
+            for s in top.stages:
                 s.start()
-            sim.stdin.write("start\n")
-            sim.stdin.flush()
+            sampler = ResourceSampler(
+                lambda: {s.name: s.proc.pid for s in top.stages if s.running}
+                | ({"sim": process_tree(top.sim.pid)} if top.sim else {}),
+                dirs={f"spool_{e.edge.node}": data / "edge" / e.edge.node / "spool" for e in ecfgs}, data_dir=data,
+                interval_s=max(1.0, duration_s / 120)).start()
+            started_wall = time.time()
+            top.sim_command("start")
             t0 = time.monotonic()
+            ballasts: list[tuple[float, Ballast]] = []
             while time.monotonic() - t0 < duration_s:
                 time.sleep(rng.uniform(0.1, 2 * mean_interval_s))
+                for due, b in [x for x in ballasts if x[0] <= time.monotonic()]:
+                    b.remove()
+                    ballasts.remove((due, b))
+                    say(f"  {time.monotonic() - t0:6.1f} s  spool disk of edge1 has room again")
                 if not runtime_faults:
                     continue
                 fault = rng.choice(runtime_faults)
                 result.faults[fault] += 1
-                say(f"  {time.monotonic() - t0:6.1f} s  {fault}")
                 if fault == "crash_broker":
+                    say(f"  {time.monotonic() - t0:6.1f} s  {fault}")
                     broker.restart(hard=True, down_s=rng.uniform(0.0, 1.0))
+                elif fault == "fill_spool_disk":
+                    if ballasts:  # already full
+                        result.faults[fault] -= 1
+                        continue
+                    say(f"  {time.monotonic() - t0:6.1f} s  {fault} edge1")
+                    ballasts.append((time.monotonic() + rng.uniform(2.0, 8.0), fill_disk(spool1)))
                 else:
-                    stage = stages[fault.removeprefix("kill_")]
+                    stage = rng.choice(stages[fault.removeprefix("kill_")])
+                    say(f"  {time.monotonic() - t0:6.1f} s  {fault} {stage.name}")
                     stage.kill()
                     stage.start()
-            sim.stdin.write("stop\n")
-            sim.stdin.flush()
-            stopped = json.loads(sim.stdout.readline())
+            for _, b in ballasts:
+                b.remove()
+            stopped = top.sim_command("stop")
+            started_at = stopped.get("started_at") or started_wall
             result.produced = {k: int(v) for k, v in stopped["produced"].items()}
-            _settle(data, sum(result.produced.values()))
-            for name in ("edge", "ingest"):
-                if stages[name].stop() != 0:
-                    raise QctraceError(f"campaign: {name} did not stop cleanly (see {logs})")
+            _settle(data, sum(result.produced.values()), [f"edge{i + 1}" for i in range(edges)])
+            for s in [*stages["edge"], *stages["ingest"]]:
+                if s.stop() != 0:
+                    raise QctraceError(f"campaign: {s.name} did not stop cleanly (see {logs})")
+            samples = sampler.stop()
+            if len(samples) >= 8:
+                result.resources = bounded(samples)
         finally:
-            for s in stages.values():
-                if s.proc is not None and s.proc.poll() is None:
-                    s.proc.kill()
-                    s.proc.wait()
-            with contextlib.suppress(BrokenPipeError, OSError):
-                sim.stdin.write("quit\n")
-                sim.stdin.flush()
-            try:
-                sim.wait(30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-    _audit(result, data)
+            top.close()
+            for m in mounted:
+                with contextlib.suppress(FaultUnavailable):
+                    umount(m)
+    _audit(result, data, scenario)
+    if measure_latency:
+        result.latency_ms = _latency(data, load_scenario(scenario), speed, started_at)
     return result
 
 
 def _with_device_faults(scenario: str, faults: tuple[str, ...], path: Path, rng: random.Random, sim_s: float,
                         counts: Counter) -> str:
-    """The scenario plus PLC restarts and logger unplugs at random simulated instants of the run
-    (none in its first and last tenth), as a scenario file of its own; or the scenario unchanged."""
-    wanted = [f for f in faults if f in ("restart_plc", "unplug_logger")]
+    """The scenario plus PLC restarts, logger unplugs and device clocks set a day off at random
+    simulated instants of the run (none in its first and last tenth), as a scenario file of its
+    own; or the scenario unchanged. (A day, so a skewed time never equals a real tick of the run:
+    the oracle matches readings by source, sensor and time.)"""
+    wanted = [f for f in faults if f in ("restart_plc", "unplug_logger", "skew_clock")]
     if not wanted:
         return scenario
     sc = load_scenario(scenario)
@@ -216,8 +213,10 @@ def _with_device_faults(scenario: str, faults: tuple[str, ...], path: Path, rng:
     else:
         text = resources.files("firmware_sim").joinpath("scenarios", f"{scenario}.toml").read_text()
     targets = {"restart_plc": sorted({s.line_key for s in streams_of(sc) if s.kind == "opcua"}),
-               "unplug_logger": [sh.id for sh in shipments_of(sc)]}
-    kinds = {"restart_plc": "opcua_server_restart", "unplug_logger": "device_disconnect"}
+               "unplug_logger": [sh.id for sh in shipments_of(sc)],
+               "skew_clock": sorted({s.source for s in streams_of(sc) if s.kind == "opcua"})
+               + [sh.id for sh in shipments_of(sc)]}
+    kinds = {"restart_plc": "opcua_server_restart", "unplug_logger": "device_disconnect", "skew_clock": "clock_skew"}
     slot_s = 40.0  # at most one fault per 40 simulated seconds: windows never overlap
     slots = max(int(sim_s * 0.8 // slot_s), 1)
     extra = []
@@ -228,20 +227,21 @@ def _with_device_faults(scenario: str, faults: tuple[str, ...], path: Path, rng:
         counts[kind] += 1
         at = sim_s * 0.1 + k * slot_s + rng.uniform(0, 10)
         extra.append(f'\n[[faults]]\nkind = "{kinds[kind]}"\ntarget = "{rng.choice(targets[kind])}"\n'
-                     f"at_s = {at:.1f}\nduration_s = {rng.uniform(5, 20):.1f}\n")
+                     f"at_s = {at:.1f}\nduration_s = {rng.uniform(5, 20):.1f}\n"
+                     + (f"magnitude = {rng.choice((-1, 1)) * 86400.0}\n" if kind == "skew_clock" else ""))
     path.write_text(text + "".join(extra))
     return str(path)
 
 
-def _settle(data: Path, produced: int, timeout_s: float = 90.0) -> None:
-    """Wait until the edge's spool is empty (everything committed) or the dataset stops growing."""
-    spool = data / "edge" / "edge1" / "spool"
+def _settle(data: Path, produced: int, nodes: list[str], timeout_s: float = 90.0) -> None:
+    """Wait until every edge's spool is empty (everything committed) or the dataset stops growing."""
+    spools = [data / "edge" / n / "spool" for n in nodes]
     deadline = time.monotonic() + timeout_s
     last, still = -1, 0
     while time.monotonic() < deadline:
         time.sleep(1.0)
         rows = read_dataset(data / "readings").num_rows
-        empty = not any(p.stat().st_size for p in spool.glob("*.qsp"))
+        empty = not any(p.stat().st_size for sp in spools for p in sp.glob("*.qsp"))
         if rows >= produced or (empty and rows == last):
             return
         still = still + 1 if rows == last else 0
@@ -250,7 +250,58 @@ def _settle(data: Path, produced: int, timeout_s: float = 90.0) -> None:
         last = rows
 
 
-def _audit(result: CampaignResult, data: Path) -> None:
+def _latency(data: Path, scenario, speed: float, started_at: float) -> dict[str, float]:
+    """Source time to Parquet commit, per reading: a reading of simulated time ``ts`` left the
+    plant at wall time ``started_at + (ts - plant start) / speed`` (the simulator reports when tick
+    0 was); it was committed when its file was (the file is written and fsynced just before its
+    commit record, so its mtime is the commit time to a few milliseconds). Readings whose device
+    clock was skewed are left out (their ``ts`` is not when they were sent).
+
+    Also split: readings inside a recorded outage of their source (a gap record: the edge or the
+    PLC was away, and they arrived late from the PLC's history or the edge's spool) and the rest."""
+    from urllib.parse import unquote
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ingest.commit_record import read_snapshot
+    from ledger import Ledger
+    from qctrace.app import gap_windows
+    from qctrace.ledger_ops import ledger_path
+
+    snap = read_snapshot(data / "ingest")
+    with Ledger(ledger_path(data), readonly=True) as led:
+        gaps = gap_windows(led)
+    start_ns = int(scenario.plant.start.timestamp()) * 10**9
+    lat, inside = [], []
+    for f in snap.files if snap else []:
+        path = data / "readings" / f.path
+        mtime = path.stat().st_mtime
+        site, line = (unquote(p.split("=", 1)[1]) for p in f.path.split("/")[:2])
+        t = pq.read_table(path, columns=["ts", "device"])
+        ts = t.column("ts").cast(pa.int64()).to_numpy()
+        dev = t.column("device").cast(pa.string()).to_numpy(zero_copy_only=False)
+        sent = started_at + (ts - start_ns) / 1e9 / speed
+        lat.append(mtime - sent)
+        mask = np.zeros(len(ts), dtype=bool)
+        for d in np.unique(dev).tolist():
+            for a, b in gaps.get(f"{site}/{line}/{d}", ()):
+                mask |= (dev == d) & (ts >= a) & (ts <= b)
+        inside.append(mask)
+    if not lat:
+        return {}
+    a, m = np.concatenate(lat), np.concatenate(inside)
+    keep = (a > -5) & (a < 3600)  # skewed clocks
+    a, m = a[keep], m[keep]
+    out = {"p50": float(np.percentile(a, 50) * 1e3), "p99": float(np.percentile(a, 99) * 1e3),
+           "max": float(a.max() * 1e3), "readings": float(len(a)), "in_outages": float(m.sum())}
+    if (~m).any():
+        out["p99_outside_outages"] = float(np.percentile(a[~m], 99) * 1e3)
+        out["p50_outside_outages"] = float(np.percentile(a[~m], 50) * 1e3)
+    return out
+
+
+def _audit(result: CampaignResult, data: Path, scenario: str) -> None:
     from ledger import Ledger, events
     from qctrace.app import audit_against_truth
     from qctrace.ledger_ops import ledger_path
@@ -265,7 +316,9 @@ def _audit(result: CampaignResult, data: Path) -> None:
     ledger = Ledger(ledger_path(data))
     try:
         result.gap_records = sum(1 for _ in ledger.events(kind=events.DATA_GAP))
-        result.in_gaps, result.unexplained = audit_against_truth(data, ledger, table)
+        plant = load_scenario(scenario).plant
+        result.in_gaps, result.unexplained = audit_against_truth(
+            data, ledger, table, plant_clock=(int(plant.start.timestamp()) * 10**9, round(plant.tick_s * 1e9)))
     finally:
         ledger.close()
     res = subprocess.run([sys.executable, "-m", "qctrace", "verify", "--data-dir", str(data), "--no-anchors"],

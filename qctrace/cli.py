@@ -723,19 +723,46 @@ def edge(config_path: Path, data_dir: Path | None) -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
 @_data_dir_option
 @click.option("--worker", default="w1", show_default=True,
-              help="This worker's name: its MQTT client id. Workers of one group share the load.")
+              help="This worker's name (letters, digits, '_', '.'): its MQTT client id and its name as a writer of"
+                   " the dataset. Each worker of one data directory needs its own.")
 @_errors
 def ingest(config_path: Path, data_dir: Path | None, worker: str) -> None:
     """Run an ingest worker: MQTT payloads → detection → Parquet and the ledger.
 
-    Subscribes to the shared subscription $share/GROUP/PREFIX/+/+/+/readings, commits readings
-    to DATA_DIR/readings and acknowledges each batch to its edge node only after the commit.
-    Payloads it cannot decode go to DATA_DIR/quarantine with the reason.
+    Several workers on one data directory share the edge nodes out evenly: each node's readings
+    go to one worker at a time (shared subscription $share/GROUP/PREFIX/+/+/NODE/readings), and a
+    node moves to another worker only after a commit, or when its worker dies. Readings are
+    committed to DATA_DIR/readings and each batch is acknowledged to its edge node only after the
+    commit. Payloads it cannot decode go to DATA_DIR/quarantine with the reason.
     """
     from qctrace.processes import run_ingest
 
     cfg = _load(config_path, data_dir)
     asyncio.run(run_ingest(cfg, worker, say=click.echo))
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_data_dir_option
+@click.option("--duration", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Stop after this long (default: run until Ctrl-C or SIGTERM).")
+@_errors
+def run(config_path: Path | None, data_dir: Path | None, duration: float | None) -> None:
+    """Run the distributed pipeline on this machine: broker, plant, edge nodes, ingest workers.
+
+    The [run] table says what to start: a private Mosquitto (broker = "local") or the broker in
+    [mqtt]; the simulated plant ([plant]) with its devices dealt out among `edges` edge nodes, or
+    one configuration file per edge node (edge_configs); and `workers` ingest workers sharing one
+    dataset and one ledger in DATA_DIR. Each runs as its own process (logs in DATA_DIR/run/logs);
+    one that exits is started again with backoff. Ctrl-C stops the edges first, then ingest, so
+    everything read is committed.
+    """
+    from qctrace.topology import run_topology
+
+    cfg = _load(config_path, data_dir)
+    out = run_topology(cfg, duration_s=duration, say=click.echo)
+    if out.get("restarts"):
+        click.echo("restarted: " + ", ".join(f"{k} ×{v}" for k, v in sorted(out["restarts"].items())))
 
 
 @alarms.command("out-of-service")
@@ -806,18 +833,26 @@ def status(config_path: Path | None, data_dir: Path | None, urls: tuple[str, ...
 @click.option("--duration", type=click.FloatRange(min=1), default=1800.0, show_default=True,
               help="Seconds of faults per seed.")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated seeds; one run each.")
-@click.option("--faults", default="kill_ingest,kill_edge,crash_broker,restart_plc,unplug_logger", show_default=True,
-              help="Which faults to inject (PLC restarts and logger unplugs are scheduled in the simulator).")
+@click.option("--faults", default="kill_ingest,kill_edge,crash_broker,fill_spool_disk,restart_plc,unplug_logger,"
+              "skew_clock",
+              show_default=True,
+              help="Which faults to inject. PLC restarts, logger unplugs and clock skews are scheduled in the"
+                   " simulator; fill_spool_disk needs root (edge1's spool goes on a 64 MiB tmpfs), else it is skipped"
+                   " and the table says so.")
 @click.option("--scenario", default="demo", show_default=True, help="Simulator scenario (e.g. stress: 10,000 tags).")
 @click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=20.0, show_default=True,
               help="Simulated seconds per real second.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Mean seconds between faults.")
+@click.option("--edges", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Edge node processes; the plant's devices are dealt out among them.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Ingest worker processes sharing the edge nodes (one dataset, one ledger).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("campaign-data"),
               show_default=True, help="Where each seed's data, broker state and process logs go.")
 @_errors
 def campaign(duration: float, seeds: str, faults: str, scenario: str, speed: float, interval: float,
-             work_dir: Path) -> None:
+             edges: int, workers: int, work_dir: Path) -> None:
     """Run the distributed pipeline under random faults and check it against ground truth.
 
     Starts the simulated plant, a private Mosquitto, `qctrace edge` and `qctrace ingest`; kills and
@@ -832,7 +867,7 @@ def campaign(duration: float, seeds: str, faults: str, scenario: str, speed: flo
         click.echo(f"seed {seed}: {duration:g} s of faults on the {scenario} scenario")
         res = run_campaign(work_dir / f"seed-{seed}", seed=seed, duration_s=duration,
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()), scenario=scenario,
-                           speed=speed, mean_interval_s=interval, say=click.echo)
+                           speed=speed, mean_interval_s=interval, edges=edges, workers=workers, say=click.echo)
         click.echo("\n".join(res.lines()))
         ok &= res.ok
     sys.exit(0 if ok else 1)

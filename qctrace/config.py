@@ -542,14 +542,36 @@ class DashboardConfig(_Frozen):
 
 
 class AnchorConfig(_Frozen):
-    """Where checkpoint roots are anchored. Empty ``rpc_url``: eth-tester's in-process chain, kept
-    under DATA_DIR/chain (no network, nothing to install). Otherwise any Ethereum JSON-RPC node; the
-    account's private key is read from the environment variable named by ``private_key_env``, never
-    from this file."""
+    """Where checkpoint roots are anchored, and how each one is driven to exactly one final anchor.
+
+    Empty ``rpc_url``: eth-tester's in-process chain, kept under DATA_DIR/chain (no network, nothing
+    to install). Otherwise any Ethereum JSON-RPC node; the account's private key is read from the
+    environment variable named by ``private_key_env``, never from this file.
+
+    A receipt is recorded only once its block has ``confirmations`` blocks on top: before that a
+    reorganisation can still drop it. Unset, that is 6 on a node (about 72 s on Ethereum mainnet;
+    set more on a chain whose reorganisations run deeper) and 1 on the in-process chain, which
+    cannot reorganise and mines the confirming block itself. ``chain_id``, when set, is the chain
+    the node must be: a node of any other chain (a test-net URL in production, or the reverse) is
+    refused before anything is signed.
+    A transaction not mined ``stuck_after_s`` after it was signed is replaced (same nonce, fees
+    +12.5 %); 180 s is many blocks on any chain, so it only fires when the fee is really too low.
+    ``auto``: ingest anchors every new checkpoint in a background thread (a down node never slows
+    ingest; anchors catch up when it is back). ``poll_s`` is how often the anchorer asks the node
+    about a transaction in flight; after a failure it waits twice as long each time, up to
+    ``retry_max_s``. ``wait_s`` bounds how long ``qctrace anchor`` waits for finality.
+    """
 
     rpc_url: str = ""
     private_key_env: str = "QCTRACE_ANCHOR_KEY"
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0  # each JSON-RPC request
+    chain_id: Annotated[int, Field(gt=0)] | None = None  # None: whatever the node reports
+    confirmations: Annotated[int, Field(ge=0, le=1000)] | None = None  # None: 6 on a node, 1 in-process
+    stuck_after_s: Annotated[float, Field(gt=0)] = 180.0
+    auto: bool = True
+    poll_s: Annotated[float, Field(gt=0)] = 2.0
+    retry_max_s: Annotated[float, Field(gt=0)] = 60.0
+    wait_s: Annotated[float, Field(gt=0)] = 900.0
 
 
 class LedgerConfig(_Frozen):
@@ -557,6 +579,18 @@ class LedgerConfig(_Frozen):
                           description="signing key name, also the checkpoints' origin line")
     checkpoint_every: Annotated[int, Field(ge=0)] = 1000  # sign a checkpoint after this many new events (0 = never)
     anchor: AnchorConfig = AnchorConfig()
+
+
+class RunConfig(_Frozen):
+    """`qctrace run`: the processes one machine runs (see qctrace.topology and the README's
+    production topology). The defaults run the simulated plant through two edge nodes and two
+    ingest workers with a private broker, needing nothing installed but Mosquitto."""
+
+    simulator: bool = True  # start the simulated plant ([plant]) and deal its devices out among the edges
+    edges: Annotated[int, Field(ge=1, le=64)] = 2  # edge node processes, with the simulator
+    edge_configs: tuple[Path, ...] = ()  # without the simulator: one configuration file per edge node
+    workers: Annotated[int, Field(ge=1, le=64)] = 2  # ingest worker processes sharing the edge nodes
+    broker: Literal["local", "external"] = "local"  # local: a private Mosquitto; external: the one [mqtt] names
 
 
 class Config(_Frozen):
@@ -571,6 +605,7 @@ class Config(_Frozen):
     spool: SpoolConfig = SpoolConfig()
     alarms: AlarmsConfig = AlarmsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    run: RunConfig = RunConfig()
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with top-level or dotted (``plant.seed``) fields replaced, validated again."""

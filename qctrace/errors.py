@@ -61,6 +61,11 @@ class ReaderTimeout(ReaderError):
     pass
 
 
+class ServerUnreachable(ReaderError):
+    """Nothing answered at the device's address (refused, reset, timed out): it may be restarting,
+    so a reader keeps trying; a refusal that retrying cannot cure (trust, login) is a ReaderError."""
+
+
 class FrameError(QctraceError):
     """A serial frame failed a check. ``reason`` is a short machine-readable tag for counters."""
 

@@ -3,16 +3,20 @@
 Where things live under the data directory::
 
     ledger.sqlite          events, Merkle nodes, trace indexes, checkpoints, anchor receipts
+    ledger.sqlite-anchor.lock  held by the one process that anchors for this ledger (ledger.anchoring)
     checkpoints/           every signed checkpoint (<size>.note) and anchor receipt, outside the database
     keys/                  the Ed25519 signing key (0600) and the public verifier keys
     chain/                 the in-process eth-tester chain (when no rpc_url is configured)
+
+Anchoring jobs (one per checkpoint: pending, sent, mined, final) live in the ledger's SQLite file,
+table ``anchor_jobs``; see ``ledger.anchoring``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +26,7 @@ from ledger.audit import AuditReport, Progress, verify_ledger
 from ledger.bundle import BundleSummary
 from ledger.keys import SIGNER_FILE, init_keys, load_signer, load_verifiers
 from ledger.note import Verifier
-from ledger.publish import anchor_checkpoint, anchor_files, make_checkpoint
+from ledger.publish import anchor_files, make_checkpoint
 from ledger.trace import Trace, describe, trace
 from qctrace.config import Config
 from qctrace.durable import atomic_write
@@ -30,6 +34,8 @@ from qctrace.errors import LedgerError
 
 if TYPE_CHECKING:  # web3 costs ~1 s to import; only anchoring needs it
     from ledger.anchor import AnchorReceipt, Chain
+    from ledger.anchor_jobs import AnchorJob
+    from ledger.anchoring import Anchorer, AnchorPolicy
 
 LEDGER_FILE = "ledger.sqlite"
 READINGS_DIR = "readings"
@@ -70,14 +76,38 @@ def open_anchor_chain(cfg: Config) -> Chain:
     return open_chain(a.rpc_url or None, chain_dir(cfg.data_dir), key, timeout=a.timeout_s)
 
 
-class Checkpointer:
-    """Signs a checkpoint whenever ``every`` events were appended since the last one."""
+def anchor_policy(cfg: Config) -> AnchorPolicy:
+    from ledger.anchoring import AnchorPolicy
 
-    def __init__(self, cfg: Config, led: Ledger) -> None:
+    a = cfg.ledger.anchor
+    return AnchorPolicy(confirmations=a.confirmations, expected_chain_id=a.chain_id, stuck_after_s=a.stuck_after_s,
+                        poll_s=a.poll_s, retry_max_s=a.retry_max_s)
+
+
+def start_anchorer(cfg: Config) -> Anchorer | None:
+    """The background anchorer for ingest (None when ``[ledger.anchor] auto = false``), started.
+
+    Hand it to the :class:`Checkpointer`; ``stop()`` it at shutdown. It connects to the chain in its
+    own thread: starting it costs ingest nothing, even with the node down.
+    """
+    if not cfg.ledger.anchor.auto:
+        return None
+    from ledger.anchoring import Anchorer
+
+    return Anchorer(ledger_path(cfg.data_dir), checkpoint_dir(cfg.data_dir), lambda: open_anchor_chain(cfg),
+                    anchor_policy(cfg)).start()
+
+
+class Checkpointer:
+    """Signs a checkpoint whenever ``every`` events were appended since the last one, and hands each
+    one to the ``anchorer`` (if any), which anchors it in the background: never on ingest's time."""
+
+    def __init__(self, cfg: Config, led: Ledger, anchorer: Anchorer | None = None) -> None:
         self.every = cfg.ledger.checkpoint_every
         self.led = led
         self.dir = checkpoint_dir(cfg.data_dir)
         self.signer = load_signer(keys_dir(cfg.data_dir))
+        self.anchorer = anchorer
         cps = led.checkpoints()
         self.last = cps[-1][0] if cps else 0
 
@@ -88,6 +118,8 @@ class Checkpointer:
     def now(self) -> int:
         size, _ = make_checkpoint(self.led, self.signer, self.dir)
         self.last = size
+        if self.anchorer is not None:
+            self.anchorer.submit(size)
         return size
 
 
@@ -96,12 +128,29 @@ def checkpoint(cfg: Config) -> int:
         return Checkpointer(cfg, led).now()
 
 
-def anchor(cfg: Config) -> tuple[int, AnchorReceipt]:
-    """Sign a checkpoint of the current ledger (if it has none yet) and anchor it on the chain."""
+def anchor(cfg: Config, progress: Callable[[str], None] | None = None) -> tuple[int, AnchorReceipt]:
+    """Sign a checkpoint of the current ledger (if it has none yet) and wait until its anchor is final.
+
+    The same state machine as ingest's background anchorer: if another process holds the anchor
+    lock, this waits for it to finish the job; a checkpoint already anchored is not anchored again.
+    ``progress`` hears each change (sent, mined, final).
+    """
+    from ledger.anchoring import anchor_until_final
+
     with Ledger(ledger_path(cfg.data_dir)) as led:
         size = Checkpointer(cfg, led).now()
-        with open_anchor_chain(cfg) as chain:
-            return size, anchor_checkpoint(led, chain, checkpoint_dir(cfg.data_dir), size)
+    receipt = anchor_until_final(ledger_path(cfg.data_dir), checkpoint_dir(cfg.data_dir),
+                                 lambda: open_anchor_chain(cfg), anchor_policy(cfg), size,
+                                 wait_s=cfg.ledger.anchor.wait_s, progress=progress)
+    return size, receipt
+
+
+def anchoring_status(cfg: Config) -> list[AnchorJob]:
+    """Every checkpoint's anchoring job (read-only): ``job.status`` is pending, sent, mined, final or
+    ``error: ...``; ``job.describe()`` says it in a line."""
+    from ledger.anchor_jobs import read_jobs
+
+    return read_jobs(ledger_path(cfg.data_dir))
 
 
 def verify(cfg: Config, trusted_keys: Sequence[str] = (), extra_checkpoints: Sequence[bytes] = (),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, StreamTable
+from edge.base import ReaderState
 from edge.forward import Forwarder
 from edge.mqtt import MqttLink, MqttSource
 from edge.serial import serial_readers
@@ -25,11 +26,12 @@ from edge.spool import Spool
 from firmware_sim.scenario import load_scenario
 from ingest import Ingest
 from ingest.detect import warm_up
+from ingest.leases import NodeLeases, assign, live_workers
 from ingest.receiver import Receiver
 from ledger import Ledger
 from qctrace.config import Config
 from qctrace.errors import ConfigError
-from qctrace.ledger_ops import Checkpointer, ensure_keys, ledger_path
+from qctrace.ledger_ops import Checkpointer, ensure_keys, ledger_path, start_anchorer
 from qctrace.metrics import EdgeMetrics, IngestMetrics
 from qctrace.metrics import serve as serve_metrics
 from qctrace.provenance import Provenance
@@ -73,7 +75,8 @@ class IngestParts:
     checkpointer: Checkpointer
 
 
-def build_ingest(cfg: Config, data_dir: Path, on_facts: Callable[[list], list] = lambda f: f) -> IngestParts:
+def build_ingest(cfg: Config, data_dir: Path, on_facts: Callable[[list], list] = lambda f: f,
+                 worker: str = "ingest", adopt_all: bool = True) -> IngestParts:
     """Ingest wired to the ledger: facts → (alarms, via ``on_facts``) → EPCIS events → signed checkpoints."""
     provenance = Provenance.of(load_scenario(cfg.plant.scenario))
     warm_up()
@@ -85,7 +88,7 @@ def build_ingest(cfg: Config, data_dir: Path, on_facts: Callable[[list], list] =
         ledger.append_many(provenance.events_for(on_facts(facts)))
         checkpointer.maybe()
 
-    return IngestParts(Ingest(data_dir, cfg.detect, cfg.sink, record), ledger, checkpointer)
+    return IngestParts(Ingest(data_dir, cfg.detect, cfg.sink, record, worker, adopt_all), ledger, checkpointer)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -112,28 +115,47 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
     em.watch(fwd, link, readers)
     fwd_stop = asyncio.Event()
     fwd_task = asyncio.create_task(fwd.run(fwd_stop, linger_s=5.0))
+    reader_stop = asyncio.Event()
+
+    async def read(r) -> None:  # each reader opens and runs on its own: a PLC that is down delays no other
+        async with r:
+            await r.run(reader_stop)
+
+    tasks = [asyncio.create_task(read(r)) for r in readers]
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            for r in readers:
-                await stack.enter_async_context(r)
-            say(f"edge {cfg.edge.node}: {len(readers)} readers open → mqtt://{cfg.mqtt.host}:{cfg.mqtt.port};"
-                f" spool {spool.dir} ({spool.depth} records waiting)")
-            reader_stop = asyncio.Event()
-            tasks = [asyncio.create_task(r.run(reader_stop)) for r in readers]
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), report_every_s)
-                for t in [*tasks, fwd_task]:
-                    if t.done():
-                        t.result()
-                s = fwd.stats
-                say(f"  spooled {s.published}  sent {s.sent}  resent {s.resent}  committed {s.acked}"
-                    f"  waiting {spool.depth}  oldest {spool.oldest_age_s():.0f} s")
-            reader_stop.set()
-            await asyncio.gather(*tasks)
+        deadline = time.monotonic() + 10.0  # say "open" when every reader is, or some wait for their device
+        while time.monotonic() < deadline and not any(t.done() for t in tasks) \
+                and any(r.state is not ReaderState.OPEN for r in readers):
+            await asyncio.sleep(0.05)
+        for t in tasks:
+            if t.done():
+                t.result()  # a refusal retrying cannot cure (trust, login, configuration) stops the edge now
+        waiting = sum(1 for r in readers if r.state is not ReaderState.OPEN)
+        say(f"edge {cfg.edge.node}: {len(readers) - waiting} readers open → mqtt://{cfg.mqtt.host}:{cfg.mqtt.port};"
+            f" spool {spool.dir} ({spool.depth} records waiting)"
+            + (f"; {waiting} waiting for their device" if waiting else ""))
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), report_every_s)
+            for t in [*tasks, fwd_task]:
+                if t.done():
+                    t.result()
+            s = fwd.stats
+            say(f"  spooled {s.published}  sent {s.sent}  resent {s.resent}  committed {s.acked}"
+                f"  waiting {spool.depth}  oldest {spool.oldest_age_s():.0f} s")
+        reader_stop.set()
+        for r, t in zip(readers, tasks, strict=True):
+            if r.state is not ReaderState.OPEN:
+                t.cancel()  # still waiting for its device: nothing read, nothing to hand over
+        for t in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(t, Exception):
+                raise t
         fwd_stop.set()
         await fwd_task  # lingers (resending) until ingest has acknowledged everything, or 5 s
     finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         fwd_task.cancel()
         await link.close()
         spool.close()
@@ -141,6 +163,32 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
             metrics_srv.stop()
     say(f"edge {cfg.edge.node} stopped; {spool.depth} records stay spooled for the next start")
     return fwd
+
+
+async def share_nodes(ingest: Ingest, leases: NodeLeases, source: MqttSource, worker: str, stop: asyncio.Event,
+                      every_s: float = 1.0, drain_s: float = 0.3) -> None:
+    """Keep holding exactly this worker's share of the edge nodes (``ingest.leases``): give up
+    nodes another worker should have (stop reading, commit, then free the lease), take the ones
+    that are ours once their lease is free."""
+    while not stop.is_set():
+        workers = live_workers(ingest.sink.state_dir, worker)
+        mine = {n for n, w in assign(source.nodes, workers).items() if w == worker}
+        for node in sorted(leases.held - mine):
+            source.drop(node)
+            await asyncio.sleep(drain_s)  # payloads already on their way are taken while we hold the node
+            ingest.release(node)
+            leases.give(node)
+            log.info("ingest.handover node=%s from=%s workers=%s", node, worker, ",".join(workers))
+        for node in sorted(mine - leases.held):
+            if leases.try_take(node):
+                ingest.adopt(node)
+                source.take(node)
+                log.info("ingest.take node=%s worker=%s workers=%s", node, worker, ",".join(workers))
+        source.nodes_changed.clear()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(source.nodes_changed.wait())]
+        await asyncio.wait(waits, timeout=every_s, return_when=asyncio.FIRST_COMPLETED)  # a new node: at once
+        for w in waits:
+            w.cancel()
 
 
 async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: asyncio.Event | None = None,
@@ -153,13 +201,17 @@ async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: 
     feed = AlarmFeed(cfg)
     metrics_srv, registry, health = serve_metrics(f"ingest {worker}", cfg.metrics.host, cfg.metrics.ingest_port)
     im = IngestMetrics(registry, health, commit_stale_s=cfg.metrics.commit_stale_s)
-    parts = build_ingest(cfg, data_dir, im.counting_alarms(feed))
+    parts = build_ingest(cfg, data_dir, im.counting_alarms(feed), worker, adopt_all=False)
+    anchorer = start_anchorer(cfg)  # in its own thread: a dead or slow chain never holds ingest up
+    parts.checkpointer.anchorer = anchorer
     feed.clock = lambda: parts.ingest.now_ns  # alarm clears fall due on the data clock, not only on the next fact
-    source = await MqttSource(cfg.mqtt, worker).start()
-    receiver = Receiver(parts.ingest, source.ack, data_dir / "quarantine")
+    source = await MqttSource(cfg.mqtt, worker, by_node=True).start()
+    leases = NodeLeases(parts.ingest.sink.state_dir)
+    receiver = Receiver(parts.ingest, source.ack, data_dir / "quarantine", leases.holds)
     im.watch(parts.ingest, receiver, source, parts.ledger, parts.checkpointer)
     say(f"ingest {worker}: {source.subscription} → {data_dir}")
     task = asyncio.create_task(parts.ingest.run(receiver.items(source.receive())))
+    sharing = asyncio.create_task(share_nodes(parts.ingest, leases, source, worker, stop))
     t0 = time.monotonic()
     try:
         while not stop.is_set() and not task.done():
@@ -167,13 +219,21 @@ async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: 
                 await asyncio.wait_for(stop.wait(), report_every_s)
             st = parts.ingest.stats
             say(f"  {time.monotonic() - t0:6.0f} s  readings {st.readings_in}  committed"
-                f" {parts.ingest.sink.rows_committed}  duplicates {st.duplicates}  quarantined {receiver.quarantined}")
+                f" {parts.ingest.sink.rows_committed}  duplicates {st.duplicates}  quarantined {receiver.quarantined}"
+                f"  nodes {','.join(sorted(leases.held)) or '-'}")
     finally:
+        sharing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sharing
         await source.close()
         await task
         parts.ledger.append_many(Provenance.of(load_scenario(cfg.plant.scenario)).events_for(feed.close()))
         parts.checkpointer.now()
+        if anchorer is not None:
+            anchorer.stop(timeout_s=5)
         parts.ledger.close()
+        parts.ingest.sink.close()
+        leases.close()
         if metrics_srv is not None:
             metrics_srv.stop()
     say(f"ingest {worker} stopped: {parts.ingest.stats.readings_in} readings in,"

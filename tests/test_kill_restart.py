@@ -1,4 +1,4 @@
-"""Kill -9 the ingest process at 20 random instants while the simulated plant runs; restart it each
+"""Kill -9 the ingest process at 8 random instants while the simulated plant runs; restart it each
 time; then compare Parquet with the simulator's own record of what it sent.
 
 Real processes throughout: `qctrace sim` (OPC UA over TCP, a logger on a pty), a Mosquitto broker,
@@ -132,10 +132,11 @@ def _audit(data) -> tuple[pa.Table, dict, dict]:
     return table, in_gaps, unexplained
 
 
-def test_ingest_killed_at_20_random_instants_loses_and_doubles_nothing(tmp_path):
-    produced, committed_at_kill = _run_with_kills(tmp_path, "ingest", 20, seed=20261124)
+def test_ingest_killed_at_8_random_instants_loses_and_doubles_nothing(tmp_path):
+    """(The distributed campaign, tests/test_campaign.py, kills two workers many more times.)"""
+    produced, committed_at_kill = _run_with_kills(tmp_path, "ingest", 8, seed=20261124)
     # the kills fell while data was being committed, not all before the first commit
-    assert len(set(committed_at_kill)) >= 8, committed_at_kill
+    assert len(set(committed_at_kill)) >= 3, committed_at_kill
     table, in_gaps, unexplained = _audit(tmp_path / "data")
     assert table.num_rows == produced, f"produced {produced}, written {table.num_rows}"
     assert unexplained == {}, f"readings missing with no gap record: {unexplained}"

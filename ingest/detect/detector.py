@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,9 @@ def family_params(fam: RuleFamily, resolved: dict[str, Any]) -> dict[str, Any]:
         v = conv.get(f.name)
         out[f.name] = f.default if v is None else v
     return out
+
+
+_MEMOS = 32  # combined-code tables kept (see Detector.indices)
 
 
 class Detector:
@@ -162,7 +165,8 @@ class Detector:
         Rows are mapped through their four dictionary codes combined into one integer. An edge
         node's batches share the same dictionaries batch after batch, so the combined-code table
         is kept while they stay equal: a batch then costs one gather, not a string per row (this
-        was a quarter of ingest's time at 10,000-reading batches).
+        was a quarter of ingest's time at 10,000-reading batches). One table per set of
+        dictionaries, for the last ``_MEMOS`` sets: one per edge node a worker holds.
         """
         cols = [batch.column(c) for c in _KEY_COLUMNS]
         dicts = [c.dictionary for c in cols]
@@ -174,9 +178,15 @@ class Detector:
             enc = pc.dictionary_encode(sensor_keys(batch))
             mapping = np.array([self.sensor_index(k) for k in enc.dictionary.to_pylist()], dtype=np.int64)
             return mapping[enc.indices.to_numpy(zero_copy_only=False)]
-        memo = getattr(self, "_memo", None)
-        if memo is None or len(memo[1]) != space or not all(a.equals(b) for a, b in zip(memo[0], dicts, strict=True)):
-            memo = self._memo = (dicts, np.full(space, -1, dtype=np.int64))
+        memos = getattr(self, "_memo", None) or []
+        for j, (d0, t0) in enumerate(memos):
+            if len(t0) == space and all(a.equals(b) for a, b in zip(d0, dicts, strict=True)):
+                memo = memos.pop(j)
+                break
+        else:
+            memo = (dicts, np.full(space, -1, dtype=np.int64))
+        memos.insert(0, memo)  # most recent first: a worker holding several edge nodes alternates between them
+        self._memo = memos[:_MEMOS]
         table = memo[1]
         codes = [c.indices.to_numpy(zero_copy_only=False).astype(np.int64) for c in cols]
         combined = ((codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2]) * sizes[3] + codes[3]
@@ -296,38 +306,46 @@ class Detector:
 
     # ------------------------------------------------------------ checkpoint
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        n = len(self.keys)
-        out: dict[str, np.ndarray] = {"version": np.array([_STATE_VERSION]), "keys": np.array(self.keys, dtype=str),
+    def state_dict(self, sensors: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The learnt state of ``sensors`` (indices; default all): what a restart, or another ingest
+        worker taking these sensors over, needs to carry on where this one stopped."""
+        idx = np.arange(len(self.keys)) if sensors is None else np.asarray(sensors, dtype=np.int64)
+        out: dict[str, np.ndarray] = {"version": np.array([_STATE_VERSION]),
+                                      "keys": np.array([self.keys[i] for i in idx.tolist()], dtype=str),
                                       "lots": np.array(list(self.lots), dtype=str)}
         for name, arr in self.core.items():
             if name in dict((c[0], 1) for c in _CORE_STATE):
-                out[f"core.{name}"] = arr[:n].copy()
+                out[f"core.{name}"] = arr[idx]
         for fam in self.families:
             for name, arr in self.state[fam.name].items():
-                out[f"{fam.name}.{name}"] = arr[:n].copy()
-        out["lot_code"] = self.lot_code[:n].copy()
-        out["sp_value"] = self.sp_value[:n].copy()
+                out[f"{fam.name}.{name}"] = arr[idx]
+        out["lot_code"] = self.lot_code[idx]
+        out["sp_value"] = self.sp_value[idx]
         return out
 
-    def load_state(self, d: dict[str, np.ndarray]) -> None:
-        """Restore a ``state_dict``: sensors are re-registered (parameters come from the current
-        configuration), then their learnt state is put back."""
+    def load_state(self, d: dict[str, np.ndarray], keep: Callable[[str], bool] | None = None) -> None:
+        """Restore a ``state_dict`` (only the sensors ``keep`` accepts, default all) into this
+        detector, which may already hold other sensors: sensors are registered (parameters come
+        from the current configuration), then their learnt state is put back."""
         self._memo = None  # combined-code table of the old index
         if int(d["version"][0]) != _STATE_VERSION:
             raise ConfigError(f"detector state version {int(d['version'][0])} is not {_STATE_VERSION}")
-        for key in d["keys"].tolist():
-            self.sensor_index(str(key))
-        self.lots = {str(x): i for i, x in enumerate(d["lots"].tolist())}
-        n = len(d["keys"])
+        keys = [str(k) for k in d["keys"].tolist()]
+        rows = np.array([j for j, k in enumerate(keys) if keep is None or keep(k)], dtype=np.int64)
+        if len(rows) == 0:
+            return
+        idx = np.array([self.sensor_index(keys[j]) for j in rows.tolist()], dtype=np.int64)
+        lot_map = np.array([self.lots.setdefault(str(x), len(self.lots)) for x in d["lots"].tolist()] + [-1],
+                           dtype=np.int64)
         for name, arr in d.items():
             fam, _, field = name.partition(".")
             if fam == "core":
-                self.core[field][:n] = arr
+                self.core[field][idx] = arr[rows]
             elif field and fam in self.state and field in self.state[fam]:
-                self.state[fam][field][:n] = arr
-        self.lot_code[:n] = d["lot_code"]
-        self.sp_value[:n] = d["sp_value"]
+                self.state[fam][field][idx] = arr[rows]
+        codes = d["lot_code"][rows]
+        self.lot_code[idx] = lot_map[np.where(codes < 0, len(lot_map) - 1, codes)]
+        self.sp_value[idx] = d["sp_value"][rows]
 
     def save(self, path: Path) -> None:
         """Write the state atomically (temporary file, fsync, rename)."""
@@ -335,7 +353,7 @@ class Detector:
         np.savez(buf, **self.state_dict())
         atomic_write(path, buf.getvalue())
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, keep: Callable[[str], bool] | None = None) -> None:
         with np.load(path, allow_pickle=False) as z:
-            self.load_state({k: z[k] for k in z.files})
+            self.load_state({k: z[k] for k in z.files}, keep)
 

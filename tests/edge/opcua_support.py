@@ -105,3 +105,26 @@ class CuttableProxy:
 
         await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
         self._writers -= {cw, sw}
+
+
+async def run_readers(readers, plant, ticks: int) -> None:
+    """Open the readers, emit ``ticks`` plant ticks, wait until they have all the plant sent, close."""
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        for r in readers:
+            await r.__aenter__()
+        tasks = [tg.create_task(r.run(stop)) for r in readers]
+        await plant.run_ticks(asyncio.Event(), max_ticks=ticks)
+        want = plant.produced()
+        for _ in range(100):
+            got: dict[str, int] = {}
+            for r in readers:
+                for k, v in r.builder.received_per_source().items():
+                    got[k] = got.get(k, 0) + v
+            if got == want:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+    for r in readers:
+        await r.__aexit__(None, None, None)
+    assert all(t.done() for t in tasks)

@@ -11,32 +11,11 @@ from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTa
 from firmware_sim.plant import SimulatedPlant
 from firmware_sim.scenario import load_scenario
 from qctrace.config import OpcUaClientConfig
-from qctrace.errors import ReaderError
+from qctrace.errors import ReaderError, ServerUnreachable
 from qctrace.schema import READING_SCHEMA
+from tests.edge.opcua_support import run_readers
 
 _CLEAR = OpcUaClientConfig(security_policy="None")  # these plants offer no security: said explicitly
-
-
-async def _run(readers, plant, ticks: int) -> None:
-    stop = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        for r in readers:
-            await r.__aenter__()
-        tasks = [tg.create_task(r.run(stop)) for r in readers]
-        await plant.run_ticks(asyncio.Event(), max_ticks=ticks)
-        want = plant.produced()
-        for _ in range(100):
-            got: dict[str, int] = {}
-            for r in readers:
-                for k, v in r.builder.received_per_source().items():
-                    got[k] = got.get(k, 0) + v
-            if got == want:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-    for r in readers:
-        await r.__aexit__(None, None, None)
-    assert all(t.done() for t in tasks)
 
 
 async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot():
@@ -52,7 +31,7 @@ async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot()
                              publishing_interval_ms=50, batch_max_age_s=0.1, opts=_CLEAR)
         serial = SerialReader(plant.endpoints["serial"]["SHP-0001"], "coldchain", "SHP-0001", "logger-01",
                               BatchBuilder(streams, SeqAllocator(None)), publish, lot="LOT-X", batch_max_age_s=0.1)
-        await _run([reader, serial], plant, ticks=60)
+        await run_readers([reader, serial], plant, ticks=60)
         truth = pa.Table.from_batches([*plant._runners[0].truth, *plant.loggers.truth])
 
     got = pa.Table.from_batches(batches, schema=READING_SCHEMA)
@@ -71,12 +50,33 @@ async def test_every_sample_of_every_tag_arrives_once_with_source_time_and_lot()
         .column("value").to_pylist())
 
 
-async def test_no_server_gives_a_reader_error_naming_the_endpoint():
+async def test_no_server_gives_a_reader_error_naming_the_endpoint_when_told_not_to_wait():
     reader = OpcUaReader("opc.tcp://127.0.0.1:9/none/", BatchBuilder(StreamTable(), SeqAllocator(None)),
                          lambda b: None, timeout_s=2, opts=_CLEAR)
-    with pytest.raises(ReaderError, match=r"opc\.tcp://127\.0\.0\.1:9/none/"):
+    reader.retry_unreachable = False
+    with pytest.raises(ServerUnreachable, match=r"opc\.tcp://127\.0\.0\.1:9/none/"):
         async with reader:
             pass
+
+
+async def test_a_reader_started_before_its_plc_waits_for_it_and_opens_when_it_answers(caplog):
+    """An edge started while a PLC restarts must not stop (it would take every other device's
+    data with it): the reader says what it waits for, and opens once the server answers."""
+    from qctrace.broker import free_port
+    from tests.edge.opcua_support import CuttableProxy
+
+    async with SimulatedPlant(load_scenario("demo"), seed=3, speed=40, processes=False) as plant:
+        proxy = CuttableProxy(int(plant.opcua_endpoints[0].rsplit(":", 1)[1].split("/")[0]), free_port())
+        reader = OpcUaReader(proxy.url, BatchBuilder(StreamTable(), SeqAllocator(None)), lambda b: None,
+                             timeout_s=2, opts=_CLEAR)
+        opening = asyncio.ensure_future(reader.__aenter__())
+        await asyncio.sleep(1.5)
+        assert not opening.done()  # still waiting, not failed
+        assert any("opcua.unreachable" in r.getMessage() and proxy.url in r.getMessage() for r in caplog.records)
+        await proxy.restore()
+        await asyncio.wait_for(opening, 20)
+        await reader.__aexit__(None, None, None)
+        await proxy.cut()
 
 
 async def test_missing_serial_port_gives_a_reader_error_naming_it():
@@ -98,7 +98,7 @@ async def test_an_unplugged_logger_is_reopened_and_every_frame_it_sent_is_read(t
         streams = StreamTable()
         reader = SerialReader(str(tmp_path / "dev" / "logger-f01"), "coldchain", "SHP-F01", "logger-f01",
                               BatchBuilder(streams, SeqAllocator(None)), publish, batch_max_age_s=0.05)
-        await _run([reader], _OnlyLogger(plant, "coldchain/SHP-F01/logger-f01"), ticks=560)
+        await run_readers([reader], _OnlyLogger(plant, "coldchain/SHP-F01/logger-f01"), ticks=560)
         truth = pa.Table.from_batches(plant.loggers.truth)
     assert reader.reopens >= 1
     sent = truth.filter(pa.compute.equal(truth.column("source").cast(pa.string()), "coldchain/SHP-F01/logger-f01"))

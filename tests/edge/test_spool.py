@@ -112,21 +112,30 @@ def test_bad_settings_and_state_are_refused_clearly(tmp_path):
 _CHILD = """
 import sys
 from edge.spool import Spool
-sp = Spool(__import__("pathlib").Path(sys.argv[1]), segment_bytes=20_000, max_bytes=1 << 30)
+sp = Spool(__import__("pathlib").Path(sys.argv[1]), segment_bytes=int(sys.argv[2]), max_bytes=1 << 30)
 while True:
     rid = sp.append(lambda r: r.to_bytes(8, "little") * 50)
     print(rid, flush=True)
 """
 
 
-def test_kill_9_during_appends_loses_no_acknowledged_record_and_reuses_no_rid(tmp_path):
+@pytest.mark.parametrize("segment_bytes", [20_000, 900], ids=["50-records-a-segment", "a-rotation-every-other-append"])
+def test_kill_9_during_appends_loses_no_acknowledged_record_and_reuses_no_rid(tmp_path, segment_bytes):
     """A child appends (fsync on) and prints each rid once append returned; we kill -9 it at random
-    moments, five times over the same spool. Every printed rid must be there, intact, exactly once."""
+    moments, five times over the same spool. Every printed rid must be there, intact, exactly once.
+    With 900-byte segments every other record (400 bytes and a header) opens a new segment, so each kill falls in or
+    next to a segment rotation."""
     rng = random.Random(5)
     acknowledged: list[int] = []
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.3 + rng.random() * 0.5)
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(segment_bytes)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        # Kill a random moment after the child has acknowledged 20-60 appends: a kill timed from the
+        # start could fall while a slow machine is still importing, and test nothing.
+        for _ in range(rng.randint(20, 60)):
+            acknowledged.append(int(proc.stdout.readline()))
+        time.sleep(rng.random() * 0.02)
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         acknowledged += [int(x) for x in out.split()]
@@ -136,3 +145,6 @@ def test_kill_9_during_appends_loses_no_acknowledged_record_and_reuses_no_rid(tm
     assert set(acknowledged) <= held
     for rid in acknowledged:
         assert sp.read(rid) == rid.to_bytes(8, "little") * 50
+    if segment_bytes == 900:
+        # it did rotate every other append (nothing was released, so no segment was removed)
+        assert len(list(tmp_path.glob("*.qsp"))) >= len(acknowledged) // 2 >= 50

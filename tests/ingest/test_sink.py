@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
@@ -300,14 +302,43 @@ async def test_a_file_committed_just_before_a_crash_still_reaches_the_ledger_aft
     assert Ingest(tmp_path, cfg.detect, cfg.sink, heard.extend).sink.unreported() == []
 
 
-def test_a_second_ingest_writer_on_one_dataset_is_refused_before_it_overwrites_the_first(tmp_path):
-    a, b = _sink(tmp_path), _sink(tmp_path)
+def test_two_writers_on_one_dataset_merge_their_seqs_and_drop_what_the_other_committed_first(tmp_path):
+    a, b = _sink(tmp_path, writer="a"), _sink(tmp_path, writer="b")
     a.add(a.dedupe(_batch(range(10))))
     a.flush()
-    b.add(b.dedupe(_batch(range(5, 15))))  # b cannot know a committed 5..9
-    with pytest.raises(SinkCommitError, match="another ingest process committed to this dataset"):
-        b.flush()
-    assert b.pending_rows == 10 and not b.covers("s/l1/plc", 10, 14)
-    assert sorted(read_dataset(tmp_path / "readings").column("seq").to_pylist()) == list(range(10))
+    b.add(b.dedupe(_batch(range(5, 15))))  # b cannot know a committed 5..9 (a redelivery during a hand-over)
+    b.flush()
+    assert b.duplicates_dropped == 5 and b.pending_rows == 0 and b.covers("s/l1/plc", 0, 14)
+    assert sorted(read_dataset(tmp_path / "readings").column("seq").to_pylist()) == list(range(15))
     assert not list((tmp_path / "readings").rglob("*.tmp"))
-    assert _sink(tmp_path).committed_ranges("s/l1/plc") == [(0, 9)]
+    a.add(a.dedupe(_batch(range(10, 20))))  # a learns b's 10..14 at its next commit
+    a.flush()
+    assert sorted(read_dataset(tmp_path / "readings").column("seq").to_pylist()) == list(range(20))
+    assert _sink(tmp_path, writer="c").committed_ranges("s/l1/plc") == [(0, 19)]
+
+
+def test_a_sink_of_a_writer_name_another_process_holds_is_refused(tmp_path):
+    a = _sink(tmp_path, writer="w1")
+    code = ("import sys; from pathlib import Path; from ingest.sink import ParquetSink; from qctrace.errors import"
+            " SinkCommitError\ntry:\n    ParquetSink(Path(sys.argv[1]) / 'readings', Path(sys.argv[1]) / 'ingest',"
+            " writer='w1')\nexcept SinkCommitError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert "an ingest worker named 'w1' is already writing" in out.stdout
+    a.close()
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout == ""  # released with the first
+
+
+def test_a_live_writers_temporary_file_survives_another_writers_start_but_a_dead_ones_is_removed(tmp_path):
+    a = _sink(tmp_path, writer="a")
+    part = tmp_path / "readings" / "site=s" / "line=l1" / "date=1970-01-01"
+    part.mkdir(parents=True)
+    live = part / ".part-1-abcd1234-a.parquet.tmp"
+    dead = part / ".part-1-abcd1234-gone.parquet.tmp"
+    live.write_bytes(b"in progress")
+    dead.write_bytes(b"left by a crash")
+    _sink(tmp_path, writer="b")
+    assert live.exists() and not dead.exists()
+    a.close()
+    _sink(tmp_path, writer="c")
+    assert not live.exists()

@@ -11,15 +11,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from web3 import EthereumTesterProvider, Web3
 
 import ledger.anchor as anchor_mod
+import ledger.local_chain as local_chain_mod
 from ledger.anchor import DEV_ADDRESS, AnchorReceipt, open_chain, verify_anchor
 from qctrace.errors import AnchorError, AnchorMismatch, ConfigError, LedgerIntegrityError
+from tests.ledger.evm_node import FUNDED_ADDRESS, FUNDED_KEY, EvmNode
 
 REPO = Path(anchor_mod.__file__).resolve().parents[1]
 
@@ -36,43 +36,12 @@ def state_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def rpc_node() -> Iterator[str]:
-    """A JSON-RPC server on loopback fronting a fresh eth-tester chain: the HTTP path, for real.
-
-    Answers go through web3's own formatting and ``Web3.to_json``, so quantities come back as JSON
-    numbers rather than hex strings; web3's client formatters accept both.
-    """
-    node = Web3(EthereumTesterProvider())
-    node_lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            reply: dict[str, object] = {"jsonrpc": "2.0", "id": request["id"]}
-            try:
-                with node_lock:
-                    result = node.manager.request_blocking(request["method"], request["params"])
-                reply["result"] = None if result is None else json.loads(Web3.to_json(result))
-            except Exception as exc:  # a JSON-RPC server answers every failure with an error object
-                reply["error"] = {"code": -32000, "message": str(exc)}
-            body = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    """A JSON-RPC server on loopback fronting a fresh eth-tester chain: the HTTP path, for real."""
+    node = EvmNode().start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield node.url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        node.stop()
 
 
 def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -193,7 +162,7 @@ def test_chain_reset_makes_old_anchors_fail(tmp_path):
 def test_corrupt_state_file_is_reported_not_replaced(state_dir):
     with open_chain(None, state_dir) as chain:
         chain.anchor(_payload(1))
-    path = state_dir / anchor_mod.STATE_FILE
+    path = state_dir / local_chain_mod.STATE_FILE
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
@@ -255,10 +224,9 @@ def test_foreign_key_on_the_in_process_chain_is_a_config_error(state_dir):
 
 
 def test_rpc_chain_signs_locally_and_verifies_without_a_key(rpc_node, state_dir):
-    funded_key = "0x" + "00" * 31 + "02"  # eth-tester's second genesis account, not the dev default
-    with open_chain(rpc_node, state_dir, funded_key) as chain:
+    with open_chain(rpc_node, state_dir, FUNDED_KEY) as chain:  # not the dev default key
         receipt = chain.anchor(_payload(1))
-    assert receipt.sender == "0x2B5AD5c4795c026514f8317c7a215E218DcCD6cF"
+    assert receipt.sender == FUNDED_ADDRESS
     with open_chain(rpc_node, state_dir) as auditor:
         assert auditor.chain_id == receipt.chain_id
         auditor.verify(receipt, _payload(1))
@@ -284,3 +252,25 @@ def test_bad_private_key_is_a_config_error_that_does_not_echo_the_key(state_dir)
     with pytest.raises(ConfigError) as info:
         open_chain("http://127.0.0.1:9", state_dir, "0xnot-a-key-secret")
     assert "secret" not in str(info.value)
+
+
+def test_anchor_checkpoint_waits_for_a_confirmation_and_anchors_a_checkpoint_once(tmp_path):
+    from ledger import Ledger
+    from ledger import events as E
+    from ledger.keys import init_keys, load_signer
+    from ledger.publish import anchor_checkpoint, checkpoint_payload, make_checkpoint
+    from qctrace.errors import LedgerError
+
+    init_keys(tmp_path / "keys", "qctrace.local/ledger")
+    cps = tmp_path / "checkpoints"
+    with Ledger(tmp_path / "ledger.sqlite") as led, open_chain(None, tmp_path / "chain") as chain:
+        led.append(E.lot_produced("L-0001", "0614141.107346", "plant1", "line1", 1_793_599_200 * 10**9))
+        size, _ = make_checkpoint(led, load_signer(tmp_path / "keys"), cps)
+        first = anchor_checkpoint(led, chain, cps)
+        assert anchor_checkpoint(led, chain, cps, size) == first  # asked again: the recorded one, nothing sent
+        assert chain.nonce("latest") == 1
+        assert chain.head() == first.block_number + 1  # the in-process chain mined its confirming block
+        chain.verify(first, checkpoint_payload(led, size))
+        assert led.anchors() == [(size, first.to_dict())]
+        with pytest.raises(LedgerError, match="no checkpoint of size 99"):
+            anchor_checkpoint(led, chain, cps, 99)

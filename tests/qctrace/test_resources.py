@@ -1,0 +1,120 @@
+"""The resource sampler against real processes, directories and a real commit record."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ingest.sink import ParquetSink
+from qctrace.errors import QctraceError
+from qctrace.resources import ResourceSampler, Sample, bounded, process_tree, report_lines
+from qctrace.schema import batch_from_columns
+
+_LEAKS = """
+import time
+held = []
+print("ready", flush=True)
+while True:
+    held.append(open("/dev/null"))   # never closed: a descriptor leak
+    time.sleep(0.01)
+"""
+_STEADY = """
+import time
+print("ready", flush=True)
+while True:
+    with open("/dev/null"):
+        time.sleep(0.01)
+"""
+
+
+def _child(code: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_descriptor_leak_is_growing_a_steady_process_is_bounded_and_a_restart_is_followed():
+    leaky, steady = _child(_LEAKS), _child(_STEADY)
+    current = {"leaky": leaky, "steady": steady}
+    try:
+        sampler = ResourceSampler(lambda: {role: p.pid for role, p in current.items()}, interval_s=0.05).start()
+        while len(sampler.samples) < 20:
+            time.sleep(0.05)
+        steady.kill()  # the campaign kills a stage and starts it again: a new PID under the same role
+        steady.wait()
+        current["steady"] = _child(_STEADY)
+        n = len(sampler.samples)
+        while len(sampler.samples) < n + 20:
+            time.sleep(0.05)
+        samples = sampler.stop()
+    finally:
+        for p in (leaky, *current.values()):
+            p.kill()
+            p.wait()
+    verdict = {v.metric: v for v in bounded(samples)}
+    assert not verdict["leaky.fds"].bounded and verdict["leaky.fds"].last > verdict["leaky.fds"].first + 30
+    assert verdict["steady.fds"].bounded
+    assert verdict["steady.rss_bytes"].bounded and verdict["steady.rss_bytes"].first > 1 << 20
+    assert {s.pids["steady"] for s in samples} == {(steady.pid,), (current["steady"].pid,)}
+    lines = report_lines(list(verdict.values()))
+    assert any(line.strip().startswith("leaky.fds") and "GROWING" in line for line in lines)
+    assert lines[-1] == "  resources: GROWING: leaky.fds"
+
+
+def test_spool_bytes_and_parquet_files_come_from_the_directory_and_the_commit_record(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    data = tmp_path / "data"
+    sampler = ResourceSampler(lambda: {}, dirs={"spool": spool}, data_dir=data)
+    first = sampler.sample_once().values
+    assert first == {"spool.dir_bytes": 0.0, "parquet_files": 0.0, "parquet_files_on_disk": 0.0}
+    (spool / "seg-1.qsp").write_bytes(b"x" * 5000)
+    (spool / "sub").mkdir()
+    (spool / "sub" / "more").write_bytes(b"y" * 1000)
+    sink = ParquetSink(data / "readings", data / "ingest")
+    for day in range(2):
+        t = (1_793_577_600 + day * 86_400) * 10**9
+        sink.add(batch_from_columns({"ts": [t], "recv_ts": [t], "site": ["s"], "line": ["l"], "device": ["d"],
+                                     "sensor": ["x"], "value": [1.0], "quality": [0], "seq": [day], "lot": ["L"]}))
+        sink.flush()
+    later = sampler.sample_once().values
+    assert later["spool.dir_bytes"] == 6000.0
+    assert later["parquet_files"] == 2.0 and later["parquet_files_on_disk"] == 2.0
+
+
+def test_process_tree_finds_the_children_of_a_process():
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert set(process_tree(parent.pid)) == {parent.pid, child}
+    finally:
+        subprocess.run(["kill", str(child)], check=False)
+        parent.kill()
+        parent.wait()
+
+
+def _series(values: list[float]) -> list[Sample]:
+    return [Sample(float(i), {"edge.rss_bytes": v}) for i, v in enumerate(values)]
+
+
+def test_the_verdict_allows_noise_and_slack_but_not_steady_growth():
+    mib = 1 << 20
+    flat = [100 * mib + (i % 3) * mib for i in range(40)]
+    assert bounded(_series(flat))[0].bounded
+    warm_up_then_flat = [10 * mib * min(i, 10) for i in range(40)]  # the first quarter does not count
+    assert bounded(_series(warm_up_then_flat))[0].bounded
+    leak = [100 * mib + i * 4 * mib for i in range(40)]
+    v = bounded(_series(leak))[0]
+    assert not v.bounded and v.first == 100 * mib and v.peak == v.last == 256 * mib
+    assert "first 100.0 MiB" in v.line() and "GROWING" in v.line()
+    assert bounded(_series(leak), growth=2.0)[0].bounded  # a looser tolerance accepts it
+
+
+def test_too_few_samples_for_a_verdict_is_said_clearly():
+    with pytest.raises(QctraceError, match=r"3 samples are too few .*at least 8"):
+        bounded(_series([1.0, 2.0, 3.0]))
