@@ -1,4 +1,4 @@
-"""The whole pipeline, as a user runs it: `qctrace demo --duration 30 --no-dashboard`.
+"""The whole pipeline, as a user runs it: `qctrace demo --duration 15 --speed 20 --no-dashboard`.
 
 Checked against the simulator's own ground truth: every reading it sent is in Parquet exactly
 once, the faults it injected are flagged, and the ledger verifies, until one byte of it changes.
@@ -27,9 +27,12 @@ def qctrace(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    data = tmp_path_factory.mktemp("demo")
-    res = qctrace("demo", "--duration", "30", "--no-dashboard", "--data-dir", str(data))
+def demo_run(demo_session):
+    """The session's demo run (tests/conftest.py: 300 simulated seconds at 20x), which must pass its
+    own ground-truth audit here."""
+    data, res = demo_session
+    if res is None:
+        pytest.fail("end-to-end tests need a fresh demo run: unset QCTRACE_DASHBOARD_DEMO_DIR")
     assert res.returncode == 0, res.stderr[-3000:]
     return data, res
 

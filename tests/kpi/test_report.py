@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import html.parser
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -24,17 +22,10 @@ def run(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-def qctrace(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qctrace", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    data = tmp_path_factory.mktemp("demo")
-    res = qctrace("demo", "--duration", "15", "--no-dashboard", "--speed", "20", "--data-dir", str(data))
-    assert "ledger:" in res.stdout, res.stderr[-3000:]
-    return data
+@pytest.fixture
+def demo(demo_dir):
+    """The session's demo data directory (tests/conftest.py); these tests only read it."""
+    return demo_dir
 
 
 def _first_lot(data):
