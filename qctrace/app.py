@@ -391,17 +391,50 @@ def audit_against_truth(data_dir: Path, ledger: Ledger, dataset: pa.Table | None
                      "ts": got.column("ts").cast(pa.int64()), "seen": pa.array([True] * got.num_rows)})
     joined = key.join(have, ["source", "sensor", "ts"], join_type="left outer")
     missing = joined.filter(pc.is_null(joined.column("seen")))
-    gaps = gap_windows(ledger)
+    gaps, tick_windows = _gap_ticks(key, gap_windows(ledger))
     in_gaps: dict[str, int] = {}
     unexplained: dict[str, int] = {}
-    ticks = missing.column("tick").to_pylist() if "tick" in missing.column_names else [None] * missing.num_rows
+    ticks = missing.column("tick").to_pylist()
     for src, ts, tick in zip(missing.column("source").to_pylist(), missing.column("ts").to_pylist(), ticks,
                              strict=True):
         at = [ts] if plant_clock is None or tick is None else [ts, plant_clock[0] + tick * plant_clock[1]]
-        covered = any(a <= t <= b for a, b in gaps.get(src, ()) for t in at)
+        covered = (any(a <= tick <= b for a, b in tick_windows.get(src, ()))
+                   or any(a <= t <= b for a, b in gaps.get(src, ()) for t in at))
         target = in_gaps if covered else unexplained
         target[src] = target.get(src, 0) + 1
     return in_gaps, unexplained
+
+
+def _gap_ticks(truth: pa.Table, gaps: dict[str, list[tuple[int, int]]]
+               ) -> tuple[dict[str, list[tuple[int, int]]], dict[str, list[tuple[int, int]]]]:
+    """The gaps whose two ends are times of real readings, as the simulator ticks of those readings
+    (second), and the others as they are, in source time (first).
+
+    An edge's restart gap runs from the last reading it spooled to the first one it read after the
+    restart, each named by its source time. When the device's clock jumped in between (set a day
+    back, say), the two times bound nothing in device time, but the two readings still bound the
+    outage in the order the device sent them: the readings of the ticks in between are what the
+    record explains, and no more: in device time the window would also hold a day of readings sent
+    with the wrong clock."""
+    # The ledger keeps times to the millisecond: match the truth's at that precision.
+    ends = {(src, t // 1_000_000) for src, windows in gaps.items() for w in windows for t in w}
+    if not ends:
+        return gaps, {}
+    ms = pc.divide(truth.column("ts"), 1_000_000)
+    near = truth.append_column("ms", ms).filter(pc.is_in(ms, pa.array(sorted({t for _, t in ends}), pa.int64())))
+    tick_of = {(src, t): tick for src, t, tick in zip(near.column("source").to_pylist(), near.column("ms").to_pylist(),
+                                                      near.column("tick").to_pylist(), strict=True)
+               if (src, t) in ends}
+    in_time: dict[str, list[tuple[int, int]]] = {}
+    in_ticks: dict[str, list[tuple[int, int]]] = {}
+    for src, windows in gaps.items():
+        for a, b in windows:
+            ta, tb = tick_of.get((src, a // 1_000_000)), tick_of.get((src, b // 1_000_000))
+            if ta is not None and tb is not None:
+                in_ticks.setdefault(src, []).append((min(ta, tb), max(ta, tb)))
+            else:
+                in_time.setdefault(src, []).append((a, b))
+    return in_time, in_ticks
 
 
 def _parse_iso(text: str) -> int:
