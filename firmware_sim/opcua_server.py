@@ -28,6 +28,7 @@ HistoryRead. A restarted server starts with an empty history, as a PLC whose his
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections import deque
@@ -282,6 +283,24 @@ class LinePlcServer:
             self._ram.keep(nid, dv)
 
     async def stop(self) -> None:
-        if self._server is not None and self.running:
-            self.running = False
-            await self._server.stop()
+        """Stop as a PLC powering off: the listener first, then every open connection.
+
+        asyncua's stop closes the open connections, then the listener, then waits until no
+        connection is left; a client reconnecting in between (the edge retries at once) got a
+        connection nobody closed, and that wait never ended (a campaign's PLC restart hung the
+        simulator). So the listener goes first, and whatever is still open after a few seconds is
+        aborted."""
+        if self._server is None or not self.running:
+            return
+        self.running = False
+        listener = getattr(self._server.bserver, "_server", None)
+        if listener is not None:
+            listener.close()
+        stopping = asyncio.ensure_future(self._server.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5.0)
+        if not done:
+            open_ = list(self._server.iserver.asyncio_transports)
+            log.warning("opcua.stop_slow endpoint=%s aborting %d connection(s)", self.endpoint, len(open_))
+            for t in open_:
+                t.abort()
+            await stopping

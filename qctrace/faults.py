@@ -71,7 +71,9 @@ class Ballast:
 
     def _write(self, fd: int, upto: int | None) -> None:
         """Append zeros up to ``upto`` bytes, or (``None``) until nothing fits: on ENOSPC the write
-        size halves down to one byte, so the last partly used block is filled too."""
+        size halves down to one byte, so the last partly used block is filled too. (ENOSPC before
+        ``upto`` is no error: someone else wrote since the free space was measured, and the
+        filesystem is full all the same.)"""
         os.lseek(fd, self.bytes, os.SEEK_SET)
         n = _CHUNK
         while upto is None or self.bytes < upto:
@@ -79,7 +81,7 @@ class Ballast:
             try:
                 self.bytes += os.write(fd, bytes(size))
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or upto is not None:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 if n == 1:
                     return

@@ -233,9 +233,10 @@ def bounded(samples: list[Sample], *, growth: float = 0.25,
     return out
 
 
-def report_lines(verdicts: list[MetricVerdict]) -> list[str]:
-    """The campaign report's resource table, one line per metric, and a summary line."""
-    growing = [v.metric for v in verdicts if not v.bounded]
+def report_lines(verdicts: list[MetricVerdict], unjudged: tuple[str, ...] = ()) -> list[str]:
+    """The campaign report's resource table, one line per metric, and a summary line (which leaves
+    out the metrics whose names start with one of ``unjudged``)."""
+    growing = [v.metric for v in verdicts if not v.bounded and not v.metric.startswith(unjudged)]
     return [*(v.line() for v in verdicts),
             "  resources: " + ("bounded" if not growing else f"GROWING: {', '.join(growing)}")]
 

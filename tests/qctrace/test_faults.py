@@ -37,6 +37,23 @@ def test_a_filled_disk_refuses_the_next_write_and_has_room_again_after_the_balla
     _write(small_fs / "one-more", 100_000)
 
 
+def test_a_disk_written_to_while_it_is_being_filled_is_still_filled(small_fs, monkeypatch):
+    """The spool writes between the ballast's free-space reading and its allocation (the campaign
+    found this): the ballast then gets less, and the disk is full all the same."""
+    real = os.statvfs
+
+    def optimistic(path):  # as if 64 KiB were still free that someone else has just taken
+        st = real(path)
+        more = (64 << 10) // st.f_frsize
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail + more, *tuple(st)[5:]))
+
+    monkeypatch.setattr(faults.os, "statvfs", optimistic)
+    with fill_disk(small_fs):
+        with pytest.raises(OSError) as err:
+            _write(small_fs / "one-more", 100)
+        assert err.value.errno == errno.ENOSPC
+
+
 def test_keep_free_bytes_leaves_that_much_room(small_fs):
     with fill_disk(small_fs, keep_free_bytes=64 << 10):
         _write(small_fs / "fits", 32 << 10)

@@ -62,6 +62,7 @@ def test_a_descriptor_leak_is_growing_a_steady_process_is_bounded_and_a_restart_
     lines = report_lines(list(verdict.values()))
     assert any(line.strip().startswith("leaky.fds") and "GROWING" in line for line in lines)
     assert lines[-1] == "  resources: GROWING: leaky.fds"
+    assert report_lines(list(verdict.values()), unjudged=("leaky.",))[-1] == "  resources: bounded"
 
 
 def test_spool_bytes_and_parquet_files_come_from_the_directory_and_the_commit_record(tmp_path):
