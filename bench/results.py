@@ -64,6 +64,12 @@ GOALS = [
     Goal("alarms", "worst_line_peak_alarms_per_10min", "< 10 per 10 min (EEMUA 191)", lambda v: v < 10, None, None),
     Goal("distributed", "latency_p99_ms", "< 2 s source time to commit, 10,000 tags at 1 Hz, faults injected",
          lambda v: v < 2000, None, None),
+    Goal("distributed", "latency_p99_between_faults_ms", "context: p99 of the readings not sent while recovering"
+         " from a fault", None, None, None),
+    Goal("distributed", "recovery_to_under_2s_max_s", "context: slowest return under 2 s after a fault (s)", None,
+         None, None),
+    Goal("distributed", "latency_from_edge_receipt_p99_ms", "context: p99 from the edge's receipt to commit", None,
+         None, None),
     Goal("distributed", "campaign_readings_per_s", "sustains 10,000 tags at 1 Hz (2 edges, 2 workers)",
          lambda v: v >= 9_900, None, None),
     Goal("distributed", "campaign_missing", "0 missing outside a gap record", lambda v: v == 0, None, None),

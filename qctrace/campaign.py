@@ -21,8 +21,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from firmware_sim.scenario import load_scenario, shipments_of, streams_of
@@ -56,6 +58,7 @@ class CampaignResult:
     edges: int = 1
     workers: int = 1
     latency_ms: dict[str, float] = field(default_factory=dict)  # source time to Parquet commit, when measured
+    fault_times: list[tuple[float, str]] = field(default_factory=list)  # (wall time, kind) of each fault
     duplicated: int = 0
     gap_records: int = 0
     ledger_verified: bool = False
@@ -95,7 +98,12 @@ class CampaignResult:
                        f" {lm.get('p50', 0):,.0f} ms, p99 {lm.get('p99', 0):,.0f} ms, max {lm.get('max', 0):,.0f} ms;"
                        f" outside recorded outages p50 {lm.get('p50_outside_outages', 0):,.0f} ms, p99"
                        f" {lm.get('p99_outside_outages', 0):,.0f} ms ({lm.get('in_outages', 0):,.0f} readings"
-                       " arrived late from inside an outage)")
+                       " arrived late from inside an outage); from the edge's receipt p50"
+                       f" {lm.get('p50_from_edge', 0):,.0f} ms, p99 {lm.get('p99_from_edge', 0):,.0f} ms")
+            if "recovery_max_s" in lm:
+                out.append(f"  back under {RECOVERED_S:.0f} s after a fault in p50 {lm['recovery_p50_s']:.1f} s, max"
+                           f" {lm['recovery_max_s']:.1f} s; {lm['recovering_share']:.1%} of readings sent while"
+                           f" recovering; p99 of the others {lm.get('p99_between_faults', float('nan')):,.0f} ms")
         return out
 
 
@@ -166,12 +174,14 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
                     continue
                 fault = rng.choice(runtime_faults)
                 result.faults[fault] += 1
+                result.fault_times.append((time.time(), fault))
                 if fault == "crash_broker":
                     say(f"  {time.monotonic() - t0:6.1f} s  {fault}")
                     broker.restart(hard=True, down_s=rng.uniform(0.0, 1.0))
                 elif fault == "fill_spool_disk":
                     if ballasts:  # already full
                         result.faults[fault] -= 1
+                        result.fault_times.pop()
                         continue
                     say(f"  {time.monotonic() - t0:6.1f} s  {fault} edge1")
                     ballasts.append((time.monotonic() + rng.uniform(2.0, 8.0), fill_disk(spool1)))
@@ -199,7 +209,11 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
                     umount(m)
     _audit(result, data, scenario)
     if measure_latency:
-        result.latency_ms = _latency(data, load_scenario(scenario), speed, started_at)
+        sc = load_scenario(scenario)
+        device = [(started_at + f.at_s / speed, f.kind) for f in sc.faults  # the simulator's, in wall time
+                  if f.kind in ("opcua_server_restart", "device_disconnect", "clock_skew")]
+        result.fault_times = sorted([*result.fault_times, *device])
+        result.latency_ms = _latency(data, sc, speed, started_at, [t for t, _ in result.fault_times])
     return result
 
 
@@ -256,18 +270,54 @@ def _settle(data: Path, produced: int, nodes: list[str], timeout_s: float = 90.0
         last = rows
 
 
-def _latency(data: Path, scenario, speed: float, started_at: float) -> dict[str, float]:
-    """Source time to Parquet commit, per reading: a reading of simulated time ``ts`` left the
-    plant at wall time ``started_at + (ts - plant start) / speed`` (the simulator reports when tick
-    0 was); it was committed when its file was (the file is written and fsynced just before its
-    commit record, so its mtime is the commit time to a few milliseconds). Readings whose device
-    clock was skewed are left out (their ``ts`` is not when they were sent).
+RECOVERED_S = 2.0
+"""Latency goal: after a fault the pipeline has recovered once readings sent reach Parquet within this."""
+
+
+def recovery(sent: np.ndarray, lat: np.ndarray, fault_at: list[float], goal_s: float = RECOVERED_S,
+             hold_s: int = 3) -> tuple[list[float], np.ndarray]:
+    """How long after each fault the latency stayed above ``goal_s``, and which readings were sent
+    while the pipeline was recovering from one.
+
+    Readings are grouped by the second they were sent in. A fault at ``t`` is recovered from at the
+    first second ``s >= t`` from which the p99 latency of ``hold_s`` consecutive seconds is within
+    the goal; its recovery takes ``s - t`` (0 when the fault never showed). The readings sent in
+    ``[t, s)`` are the fault's; the others are the steady state between faults."""
+    if not len(sent):
+        return [], np.zeros(0, dtype=bool)
+    t0 = np.floor(sent.min())
+    sec = (np.floor(sent) - t0).astype(np.int64)
+    order = np.argsort(sec, kind="stable")
+    bounds = np.searchsorted(sec[order], np.arange(sec.max() + 2))
+    p99 = np.array([np.percentile(lat[order[a:b]], 99) if b > a else 0.0
+                    for a, b in pairwise(bounds)])
+    ok = p99 <= goal_s
+    held = np.array([ok[i:i + hold_s].all() for i in range(len(ok))])
+    in_fault = np.zeros(len(ok), dtype=bool)
+    took = []
+    for t in fault_at:
+        first = max(int(np.floor(t - t0)), 0)
+        if first >= len(held):
+            continue
+        after = np.flatnonzero(held[first:])
+        end = first + (int(after[0]) if len(after) else len(held) - first)
+        took.append(max(0.0, float(end + t0 - t)) if end > first else 0.0)
+        in_fault[first:end] = True
+    return took, in_fault[sec]
+
+
+def _latency(data: Path, scenario, speed: float, started_at: float, fault_at: list[float] = ()
+             ) -> dict[str, float]:
+    """Source time to Parquet commit, per reading (and edge receipt to commit): a reading of
+    simulated time ``ts`` left the plant at wall time ``started_at + (ts - plant start) / speed``
+    (the simulator reports when tick 0 was); it was committed when its file was (the file is
+    written and fsynced just before its commit record, so its mtime is the commit time to a few
+    milliseconds). Readings whose device clock was skewed are left out (their ``ts`` is not when they were sent).
 
     Also split: readings inside a recorded outage of their source (a gap record: the edge or the
     PLC was away, and they arrived late from the PLC's history or the edge's spool) and the rest."""
     from urllib.parse import unquote
 
-    import numpy as np
     import pyarrow.parquet as pq
 
     from ingest.commit_record import read_snapshot
@@ -279,16 +329,18 @@ def _latency(data: Path, scenario, speed: float, started_at: float) -> dict[str,
     with Ledger(ledger_path(data), readonly=True) as led:
         gaps = gap_windows(led)
     start_ns = int(scenario.plant.start.timestamp()) * 10**9
-    lat, inside = [], []
+    lat, inside, piped, sent_at = [], [], [], []
     for f in snap.files if snap else []:
         path = data / "readings" / f.path
         mtime = path.stat().st_mtime
         site, line = (unquote(p.split("=", 1)[1]) for p in f.path.split("/")[:2])
-        t = pq.read_table(path, columns=["ts", "device"])
+        t = pq.read_table(path, columns=["ts", "recv_ts", "device"])
         ts = t.column("ts").cast(pa.int64()).to_numpy()
         dev = t.column("device").cast(pa.string()).to_numpy(zero_copy_only=False)
         sent = started_at + (ts - start_ns) / 1e9 / speed
         lat.append(mtime - sent)
+        sent_at.append(sent)
+        piped.append(mtime - t.column("recv_ts").cast(pa.int64()).to_numpy() / 1e9)
         mask = np.zeros(len(ts), dtype=bool)
         for d in np.unique(dev).tolist():
             for a, b in gaps.get(f"{site}/{line}/{d}", ()):
@@ -296,11 +348,21 @@ def _latency(data: Path, scenario, speed: float, started_at: float) -> dict[str,
         inside.append(mask)
     if not lat:
         return {}
-    a, m = np.concatenate(lat), np.concatenate(inside)
+    a, m, e, w = np.concatenate(lat), np.concatenate(inside), np.concatenate(piped), np.concatenate(sent_at)
     keep = (a > -5) & (a < 3600)  # skewed clocks
-    a, m = a[keep], m[keep]
+    a, m, e, w = a[keep], m[keep], e[keep], w[keep]
+    took, recovering = recovery(w, a, list(fault_at))
     out = {"p50": float(np.percentile(a, 50) * 1e3), "p99": float(np.percentile(a, 99) * 1e3),
-           "max": float(a.max() * 1e3), "readings": float(len(a)), "in_outages": float(m.sum())}
+           "max": float(a.max() * 1e3), "readings": float(len(a)), "in_outages": float(m.sum()),
+           # from the edge's receipt (recv_ts, the edge's clock, the same machine here): qctrace's own
+           # part, without the simulated PLCs' publishing and OPC UA on the same two cores
+           "p50_from_edge": float(np.percentile(e, 50) * 1e3), "p99_from_edge": float(np.percentile(e, 99) * 1e3)}
+    if took:
+        out["recovery_p50_s"] = float(np.percentile(took, 50))
+        out["recovery_max_s"] = float(max(took))
+        out["recovering_share"] = float(recovering.mean())
+        if (~recovering).any():
+            out["p99_between_faults"] = float(np.percentile(a[~recovering], 99) * 1e3)
     if (~m).any():
         out["p99_outside_outages"] = float(np.percentile(a[~m], 99) * 1e3)
         out["p50_outside_outages"] = float(np.percentile(a[~m], 50) * 1e3)
