@@ -58,6 +58,13 @@ _LINK_ERRORS = (OSError, TimeoutError, ConnectionError, ua.UaError)
 _LOT = -1
 _DEFAULT_OPTS = OpcUaClientConfig()  # secure: Basic256Sha256 SignAndEncrypt
 
+_GONE_MID_OPEN = (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ua.uaerrors.BadConnectionClosed,
+                  ua.uaerrors.BadSessionClosed, ua.uaerrors.BadSessionIdInvalid, ua.uaerrors.BadServerHalted,
+                  ua.uaerrors.BadShutdown, ua.uaerrors.BadTimeout, ua.uaerrors.BadRequestTimeout,
+                  ua.uaerrors.BadCommunicationError, ua.uaerrors.BadSecureChannelClosed,
+                  ua.uaerrors.BadServerNotConnected, ua.uaerrors.BadTooManySessions)
+"""What a server that went away, restarted or is overloaded answers after the connection was made."""
+
 
 def _ns(dt: datetime) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
@@ -109,17 +116,33 @@ class OpcUaReader(Reader):
     # -- opening -----------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        try:
-            await self._connect_patiently()
-            self.limits = await read_operation_limits(self._client)
-            await self._discover()
-            if self.opts.mode == "subscribe":
-                await self._subscribe()
-            else:
-                self._spawn(self._poll_loop())
-        except BaseException:
-            await self._close()
-            raise
+        """Connect, read the server's limits, browse the tags, subscribe (or start polling).
+
+        A server that goes away or stops answering half-way (a PLC restarting just as the edge
+        opens it; the campaign found one timing out in the browse) is waited for as one that does
+        not answer at all: the open starts again from the connection. Refusals stay final."""
+        delays = exponential_backoff(0.5, 2.0, 10.0)
+        while True:
+            try:
+                await self._connect_patiently()
+                self.limits = await read_operation_limits(self._client)
+                await self._discover()
+                if self.opts.mode == "subscribe":
+                    await self._subscribe()
+                else:
+                    self._spawn(self._poll_loop())
+                break
+            except _GONE_MID_OPEN as exc:
+                await self._close()
+                if not self.retry_unreachable:
+                    raise ServerUnreachable(f"{self.endpoint}: the OPC UA server stopped answering while the"
+                                            f" reader opened it: {exc!r}") from exc
+                delay = next(delays)
+                log.warning("opcua.open_interrupted endpoint=%s retry_in_s=%.1f error=%r", self.endpoint, delay, exc)
+                await asyncio.sleep(delay)
+            except BaseException:
+                await self._close()
+                raise
         log.info("opcua.open endpoint=%s mode=%s security=%s/%s tags=%d limits=%s", self.endpoint, self.opts.mode,
                  self.opts.security_policy, self.opts.mode_name, len(self._nodes) - len(self._lot_scope), self.limits)
 

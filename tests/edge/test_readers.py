@@ -79,6 +79,34 @@ async def test_a_reader_started_before_its_plc_waits_for_it_and_opens_when_it_an
         await proxy.cut()
 
 
+async def test_a_plc_that_stops_answering_while_the_reader_opens_it_is_waited_for(caplog, monkeypatch):
+    """The campaign's PLC restart timed a browse out half-way through opening: that killed the whole
+    edge. The open now starts again from the connection, as for a server that does not answer."""
+    async with SimulatedPlant(load_scenario("demo"), seed=3, speed=40, processes=False) as plant:
+        for retry in (True, False):
+            reader = OpcUaReader(plant.opcua_endpoints[0], BatchBuilder(StreamTable(), SeqAllocator(None)),
+                                 lambda b: None, timeout_s=2, opts=_CLEAR)
+            reader.retry_unreachable = retry
+            real, calls = reader._discover, []
+
+            async def browse_times_out_once(real=real, calls=calls):
+                calls.append(1)
+                if len(calls) == 1:
+                    raise TimeoutError  # what asyncua raises when a request gets no answer in time
+                await real()
+
+            monkeypatch.setattr(reader, "_discover", browse_times_out_once)
+            if retry:
+                async with reader:
+                    assert len(calls) == 2 and reader._nodes  # opened on the second try, tags browsed
+                assert any("opcua.open_interrupted" in r.getMessage() and plant.opcua_endpoints[0] in r.getMessage()
+                           for r in caplog.records)
+            else:
+                with pytest.raises(ServerUnreachable, match="stopped answering while the reader opened it"):
+                    async with reader:
+                        pass
+
+
 async def test_missing_serial_port_gives_a_reader_error_naming_it():
     reader = SerialReader("/dev/does-not-exist", "c", "s", "d", BatchBuilder(StreamTable(), SeqAllocator(None)),
                           lambda b: None)
