@@ -146,8 +146,10 @@ async def bench_qctrace(port: int, batches: list[pa.RecordBatch], tmp: Path) -> 
         t0 = time.perf_counter()
         for b in batches:
             await fwd.publish(b)
-            if fwd._unsent and len(fwd._unsent) > 4 * fwd.window:
-                await asyncio.sleep(0)  # let the pump run: the spool, not memory, absorbs the rest
+            # Let the pump run after each batch, as it does between a reader's batches: publish
+            # returns once the batch is in the spool without yielding, and a loop that never yields
+            # would spool hundreds of batches (an fdatasync each) before the first one is sent.
+            await asyncio.sleep(0)
         while spool.depth:
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - t0
