@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 import pyarrow as pa
 
 from edge.batcher import BatchBuilder
-from qctrace.schema import Gap
+from qctrace.schema import Gap, Outage
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[pa.RecordBatch | Gap], Awaitable[None]]
+Publish = Callable[[pa.RecordBatch | Gap | Outage], Awaitable[None]]
 
 
 class ReaderState(enum.Enum):
@@ -42,7 +42,7 @@ class Reader(abc.ABC):
         self.batch_max_age_s = batch_max_age_s
         self.state = ReaderState.NEW
         self._wake = asyncio.Event()
-        self.pending_gaps: list[Gap] = []
+        self.pending_gaps: list[Gap | Outage] = []  # published in order before the next batch
         self.gaps_sent = 0
 
     async def __aenter__(self) -> Reader:
@@ -83,8 +83,9 @@ class Reader(abc.ABC):
         if batch is not None:
             await self.publish(batch)
         while self.pending_gaps:
-            await self.publish(self.pending_gaps.pop(0))
-            self.gaps_sent += 1
+            item = self.pending_gaps.pop(0)
+            await self.publish(item)
+            self.gaps_sent += isinstance(item, Gap)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.state is not ReaderState.OPEN:

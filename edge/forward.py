@@ -42,7 +42,7 @@ from edge.spool import Spool, SpoolDiskFull
 from qctrace import wire
 from qctrace.durable import atomic_write
 from qctrace.errors import PayloadError, SpoolFull
-from qctrace.schema import SOURCE_COLUMNS, Gap, source_keys
+from qctrace.schema import SOURCE_COLUMNS, Gap, Outage, source_keys
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,10 @@ class Forwarder:
         spool.on_drop = self._dropped
         self._unsent = list(spool.pending())  # after a restart: everything still spooled goes again
         self._last_ts: dict[str, int] = _load_last_ts(self._last_ts_path)
+        self._outages: dict[str, int] = _load_last_ts(self._outages_path)  # open reader outages (Outage)
         self._restarted_after = dict(self._last_ts)  # sources whose first batch now follows an outage
+        for src, since in self._outages.items():  # an outage open when the edge stopped: its gap starts there
+            self._restarted_after[src] = min(since, self._restarted_after.get(src, since))
         if self._unsent:
             log.info("forward.replay node=%s records=%d", node, len(self._unsent))
 
@@ -128,8 +131,28 @@ class Forwarder:
     def _last_ts_path(self) -> Path:
         return self.spool.dir / "last_ts.json"
 
-    async def publish(self, item: wire.Item) -> None:
+    @property
+    def _outages_path(self) -> Path:
+        return self.spool.dir / "outages.json"
+
+    def _outage(self, o: Outage) -> None:
+        """Keep a reader's open outage on disk until its gap record is spooled (see ``Outage``)."""
+        if o.closed:
+            if self._outages.pop(o.source, None) is None:
+                return
+        elif self._outages.get(o.source, o.since_ns + 1) <= o.since_ns:
+            return  # an earlier one is open: its start covers this one
+        else:
+            self._outages[o.source] = o.since_ns
+        try:
+            atomic_write(self._outages_path, json.dumps(self._outages).encode())
+        except OSError as exc:  # a full disk: the restart gap then starts at the last spooled reading
+            log.warning("forward.outage_not_saved node=%s source=%s error=%s", self.node, o.source,
+                        exc.strerror or exc)
+
+    async def publish(self, item: wire.Item | Outage) -> None:
         """What readers call: returns once the item is durable in the spool (not yet delivered).
+        An ``Outage`` is kept here, not sent.
 
         The first batch of a source after this node (re)started is preceded by a gap record from
         the last reading spooled before the restart: readings the PLC produced while the edge was
@@ -137,6 +160,9 @@ class Forwarder:
         Its two ends are the source times of two real readings, so an oracle can map them to the
         plant's own clock even when the device's clock jumped in between.
         """
+        if isinstance(item, Outage):
+            self._outage(item)
+            return
         if not isinstance(item, Gap) and item.num_rows:
             spans = source_spans(item)
             for src, (lo, _hi) in spans.items():
@@ -152,6 +178,8 @@ class Forwarder:
                                                             " between were not collected (the source's first"
                                                             " time after the restart is earlier than its last"
                                                             " before it)"))
+                if before is not None and src in self._outages:  # covered by the restart gap now spooled
+                    self._outage(Outage(src, before, closed=True))
             await self._append(item, spans)
             return
         await self._append(item)

@@ -46,7 +46,7 @@ from edge.opcua_ops import OperationLimits, chunks, read_history, read_operation
 from edge.opcua_pki import POLICY_CLASSES, TrustList, ensure_client_certificate, pick_endpoint, read_password
 from qctrace.config import OpcUaClientConfig
 from qctrace.errors import ConfigError, ReaderError, ServerUnreachable
-from qctrace.schema import Gap, Quality
+from qctrace.schema import Gap, Outage, Quality
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,19 @@ class OpcUaReader(Reader):
         if self._lost is None:
             self._lost = (time.time_ns(), f"connection to {self.endpoint} lost: {refusal or repr(exc)}")
             log.warning("opcua.lost endpoint=%s reason=%r", self.endpoint, refusal or exc)
+            for o in self._open_outages():  # on disk now: an edge killed before the gap is recorded still records it
+                await self.publish(o)
+
+    def _open_outages(self) -> list[Outage]:
+        """Per source of this server, its earliest last reading: where an outage's gap will start."""
+        st = self.builder.streams
+        since: dict[int, int] = {}
+        for h, stream in enumerate(self._stream_of):
+            if stream == _LOT or not self._last_ts[h]:
+                continue
+            src = st.source_of[stream]
+            since[src] = min(since.get(src, self._last_ts[h]), self._last_ts[h])
+        return [Outage(st.sources[src], t) for src, t in since.items()]
 
     async def _on_reconnected(self, reused_session: bool) -> None:
         """Run by the reconnect supervisor on a new connection: subscribe afresh, then (in a task,
@@ -493,6 +506,7 @@ class OpcUaReader(Reader):
             self.pending_gaps.append(Gap(st.sources[src], start, end,
                                          f"{reason}; {backfilled.get(src, 0)} readings backfilled from the server's"
                                          f" history{note}"))
+            self.pending_gaps.append(Outage(st.sources[src], start, closed=True))  # once the gap is spooled
         log.warning("opcua.resumed endpoint=%s gaps=%d backfilled=%d", self.endpoint, len(spans),
                     sum(backfilled.values()))
         self._wake.set()

@@ -147,6 +147,22 @@ class Gap:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A reader's word to its forwarder (never sent on): ``source`` is out of reach since its reading
+    at ``since_ns`` (``closed=False``), or that outage's gap record is now in the spool (``True``).
+
+    A reader records an outage's gap only once it is over (it needs the first reading after it, and
+    tries the server's history first); an edge killed meanwhile would otherwise restart its restart
+    gap from readings that came *after* the outage began, and the outage's readings would be lost
+    without a record. So the forwarder keeps open outages on disk and starts a restart gap at the
+    earliest of them."""
+
+    source: str
+    since_ns: int
+    closed: bool = False
+
+
 def empty_batch() -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=READING_SCHEMA)
 

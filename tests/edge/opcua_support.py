@@ -9,17 +9,18 @@ import contextlib
 import pyarrow as pa
 
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, StreamTable
-from qctrace.schema import Gap
+from qctrace.schema import Gap, Outage
 
 
 class Collected:
-    """What a reader published: batches and gaps."""
+    """What a reader published: batches and gaps (``items``), and its word on outages (``outages``)."""
 
     def __init__(self) -> None:
         self.items: list = []
+        self.outages: list[Outage] = []
 
     async def __call__(self, item) -> None:
-        self.items.append(item)
+        (self.outages if isinstance(item, Outage) else self.items).append(item)
 
     @property
     def gaps(self) -> list[Gap]:

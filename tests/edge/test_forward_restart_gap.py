@@ -54,3 +54,47 @@ async def test_a_restart_while_the_clock_ran_ahead_still_records_the_gap_between
     [gap] = [g for g in spooled(spool) if isinstance(g, Gap)]
     assert (gap.start_ns, gap.end_ns) == (T0 + 50 * S, T0 + 319 * S)
     assert "restarted" in gap.reason and "earlier than its last" in gap.reason
+
+
+async def test_an_edge_killed_during_a_plc_outage_records_the_outage_from_its_start(tmp_path):
+    """The soak found it: a PLC connection lost at T0+9 s, live values back from T0+20 s, the edge
+    killed before the reader had recorded the outage's gap (it waits for the server's history).
+    The restart gap must start at the outage (T0+9 s), not at the last live reading spooled."""
+    from qctrace.schema import Outage
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    first = Forwarder("e1", spool, InProcessLink())
+    await first.publish(batch(range(0, 10)))
+    await first.publish(Outage("p/l/plc", T0 + 9 * S))  # the reader: connection lost after this reading
+    await first.publish(batch(range(20, 30)))  # reconnected; 10..19 are still to be backfilled or recorded
+    first._save()
+    spool.close()  # kill -9: the reader's gap record for 9..20 was never made
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    again = Forwarder("e1", spool, InProcessLink())
+    await again.publish(batch(range(50, 60)))
+    [gap] = [g for g in spooled(spool) if isinstance(g, Gap)]
+    assert (gap.start_ns, gap.end_ns) == (T0 + 9 * S, T0 + 50 * S)
+    assert again._outages == {}  # covered: the next restart starts from the last reading again
+    again._save()
+    spool.close()
+    assert Forwarder("e1", Spool(tmp_path / "spool", fsync=False), InProcessLink())._restarted_after == {
+        "p/l/plc": T0 + 59 * S}
+
+
+async def test_an_outage_whose_gap_was_spooled_is_closed_and_forgotten(tmp_path):
+    from qctrace.schema import Outage
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    first = Forwarder("e1", spool, InProcessLink())
+    await first.publish(batch(range(0, 10)))
+    await first.publish(Outage("p/l/plc", T0 + 9 * S))
+    await first.publish(Outage("p/l/plc", T0 + 12 * S))  # lost again before the first was recorded: kept at 9
+    assert first._outages == {"p/l/plc": T0 + 9 * S}
+    await first.publish(Gap("p/l/plc", T0 + 9 * S, T0 + 20 * S, "connection lost"))
+    await first.publish(Outage("p/l/plc", T0 + 9 * S, closed=True))
+    await first.publish(batch(range(20, 30)))
+    first._save()
+    spool.close()
+    again = Forwarder("e1", Spool(tmp_path / "spool", fsync=False), InProcessLink())
+    assert again._restarted_after == {"p/l/plc": T0 + 29 * S}

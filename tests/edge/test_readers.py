@@ -188,7 +188,7 @@ duration_s = 3
 
 async def test_a_server_restart_becomes_one_gap_record_and_data_resumes():
     from firmware_sim.scenario import parse_scenario
-    from qctrace.schema import Gap
+    from qctrace.schema import Gap, Outage
 
     items: list = []
 
@@ -213,7 +213,11 @@ async def test_a_server_restart_becomes_one_gap_record_and_data_resumes():
     assert g.source == "p/l/plc" and "lost" in g.reason
     assert g.start_ns == start + 5 * 10**9  # the last sample before the server went down at 6 s
     assert g.end_ns >= start + 9 * 10**9  # the first sample after it came back
-    got = {t for b in items if not isinstance(b, Gap) for t in b.column("ts").cast(pa.int64()).to_pylist()}
+    outages = [i for i in items if isinstance(i, Outage)]  # the reader's word to the forwarder
+    assert [(o.source, o.since_ns, o.closed) for o in outages] == [("p/l/plc", g.start_ns, False),
+                                                                     ("p/l/plc", g.start_ns, True)]
+    assert items.index(outages[1]) == items.index(g) + 1  # closed once its gap is out
+    got = {t for b in items if not isinstance(b, Gap | Outage) for t in b.column("ts").cast(pa.int64()).to_pylist()}
     sent = set(truth.column("ts").cast(pa.int64()).to_pylist())
     assert got <= sent
     # Everything sent is either received or inside the recorded gap; readings resumed after it.
