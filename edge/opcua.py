@@ -27,7 +27,6 @@ simply absent inside the gap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import math
@@ -118,13 +117,14 @@ class OpcUaReader(Reader):
     async def _open(self) -> None:
         """Connect, read the server's limits, browse the tags, subscribe (or start polling).
 
-        A server that goes away or stops answering half-way (a PLC restarting just as the edge
-        opens it; the campaign found one timing out in the browse) is waited for as one that does
-        not answer at all: the open starts again from the connection. Refusals stay final."""
+        A PLC that does not answer (restarting when the edge starts) is waited for, not a reason to
+        stop the edge: the gap is recorded from the last reading spooled before. So is one that goes
+        away or stops answering half-way through (the campaign found a browse timing out): the open
+        starts again from the connection, on the same backoff. Refusals stay final."""
         delays = exponential_backoff(0.5, 2.0, 10.0)
         while True:
             try:
-                await self._connect_patiently()
+                await self._connect()
                 self.limits = await read_operation_limits(self._client)
                 await self._discover()
                 if self.opts.mode == "subscribe":
@@ -132,35 +132,26 @@ class OpcUaReader(Reader):
                 else:
                     self._spawn(self._poll_loop())
                 break
-            except _GONE_MID_OPEN as exc:
+            except (ServerUnreachable, *_GONE_MID_OPEN) as exc:
                 await self._close()
+                unreachable = isinstance(exc, ServerUnreachable)
                 if not self.retry_unreachable:
+                    if unreachable:
+                        raise
                     raise ServerUnreachable(f"{self.endpoint}: the OPC UA server stopped answering while the"
                                             f" reader opened it: {exc!r}") from exc
                 delay = next(delays)
-                log.warning("opcua.open_interrupted endpoint=%s retry_in_s=%.1f error=%r", self.endpoint, delay, exc)
+                if unreachable:
+                    log.warning("opcua.unreachable endpoint=%s retry_in_s=%.1f error=%s", self.endpoint, delay, exc)
+                else:
+                    log.warning("opcua.open_interrupted endpoint=%s retry_in_s=%.1f error=%r", self.endpoint, delay,
+                                exc)
                 await asyncio.sleep(delay)
             except BaseException:
                 await self._close()
                 raise
         log.info("opcua.open endpoint=%s mode=%s security=%s/%s tags=%d limits=%s", self.endpoint, self.opts.mode,
                  self.opts.security_policy, self.opts.mode_name, len(self._nodes) - len(self._lot_scope), self.limits)
-
-    async def _connect_patiently(self) -> None:
-        """A PLC that is restarting when the edge starts is waited for, not a reason to stop the
-        edge (the gap is recorded from the last reading spooled before); a refusal is final."""
-        delays = exponential_backoff(0.5, 2.0, 10.0)
-        while True:
-            try:
-                return await self._connect()
-            except ServerUnreachable as exc:
-                if not self.retry_unreachable:
-                    raise
-                delay = next(delays)
-                log.warning("opcua.unreachable endpoint=%s retry_in_s=%.1f error=%s", self.endpoint, delay, exc)
-                with contextlib.suppress(Exception):
-                    await self._client.disconnect()
-                await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
         o, c = self.opts, self._client
