@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.commit_record import CommittedFile, Retired, Snapshot, locked, read_snapshot, write_snapshot
+from ingest.leases import role_leases
 from ingest.sink import FILE_METADATA, ROW_GROUP_ROWS, sort_order, write_parquet
 from qctrace.durable import fsync_dir
 from qctrace.errors import SinkCommitError
@@ -240,13 +241,23 @@ def _publish(root: Path, state_dir: Path, group: list[CommittedFile], tmp: Path,
 
 
 class BackgroundCompactor:
-    """``compact`` every ``every_s`` seconds in a daemon thread beside ingest.
+    """``compact`` every ``every_s`` seconds in a daemon thread beside ingest, by one worker at a time.
+
+    Every ingest worker runs one, but only the holder of the ``compactor`` role lease
+    (``ingest.leases.role_leases``) compacts; the others try for the lease on each pass. A killed
+    holder frees it with its file descriptors, so compaction carries on in a surviving worker
+    instead of waiting for the dead one to come back (the soak's Parquet file count grew while
+    the one compacting worker kept being killed). One holder also means one reporter: merged
+    files whose ledger event a dead holder never confirmed are handed on by whoever takes the
+    lease next, once.
 
     The thread never touches the ledger (its connection belongs to ingest's thread): each new
-    file waits in ``drain()`` until ingest hands it on as a fact and ``confirm``s it; files a
-    crash left unconfirmed are handed on again after a restart. A failure (a full disk, say) is
-    logged and kept in ``error``; the next pass tries again, and ingest carries on meanwhile.
+    file waits in ``drain()`` until ingest hands it on as a fact and ``confirm``s it. A failure
+    (a full disk, say) is logged and kept in ``error``; the next pass tries again, and ingest
+    carries on meanwhile.
     """
+
+    ROLE = "compactor"
 
     def __init__(self, root: Path, state_dir: Path, every_s: float, min_files: int = 4,
                  target_rows: int = 2_000_000, grace_s: float = 300.0, row_group_rows: int = ROW_GROUP_ROWS) -> None:
@@ -256,8 +267,24 @@ class BackgroundCompactor:
         self._lock = threading.Lock()
         self._new: list[CommittedFile] = []
         self._thread: threading.Thread | None = None
+        self._lease = role_leases(state_dir)
         self.passes = 0
+        self.passes_idle = 0  # passes another worker held the lease
         self.error: Exception | None = None
+
+    @property
+    def holds_lease(self) -> bool:
+        return self._lease.holds(self.ROLE)
+
+    def _take_lease(self) -> bool:
+        if self._lease.holds(self.ROLE):
+            return True
+        if not self._lease.try_take(self.ROLE):
+            return False
+        late = unreported_files(self.state_dir)  # a previous holder died between a merge and its event
+        log.info("compact.lease_taken state=%s unreported=%d", self.state_dir, len(late))
+        self._keep(late)
+        return True
 
     def _keep(self, files: list[CommittedFile]) -> None:
         with self._lock:
@@ -270,6 +297,10 @@ class BackgroundCompactor:
         return out
 
     def run_once(self) -> None:
+        self.passes += 1
+        if not self._take_lease():
+            self.passes_idle += 1
+            return
         min_files, target_rows, grace_s, rg = self._args
         try:
             compact(self.root, self.state_dir, min_files, target_rows, grace_s, rg, on_files=self._keep,
@@ -278,7 +309,6 @@ class BackgroundCompactor:
         except SinkCommitError as exc:  # another run holds the dataset, or the disk refused
             self.error = exc
             log.warning("compact.background_failed error=%s", exc)
-        self.passes += 1
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -289,7 +319,7 @@ class BackgroundCompactor:
         confirm_reported(self.state_dir, [f.path for f in files])
 
     def start(self) -> None:
-        self._keep(unreported_files(self.state_dir))  # a crash came between a merge and its event
+        self._take_lease()  # at once: a restarted holder reports what its crash left unreported
         self._thread = threading.Thread(target=self._loop, name="qctrace-compactor", daemon=True)
         self._thread.start()
 
@@ -297,3 +327,4 @@ class BackgroundCompactor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self._lease.close()

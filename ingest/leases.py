@@ -63,11 +63,14 @@ def live_workers(state_dir: Path, me: str) -> list[str]:
     return sorted(out)
 
 
-class NodeLeases:
-    """The node leases this worker holds (``flock``, released by the kernel if the process dies)."""
+class Leases:
+    """The leases of one kind this process holds: ``flock`` on ``<directory>/<name>.lock``,
+    released by the kernel if the process dies. Node leases live in ``<state>/leases``
+    (:func:`node_leases`); roles of which one worker at a time plays each, such as background
+    compaction, in ``<state>/roles``."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "leases"
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fds: dict[str, int] = {}
 
@@ -75,26 +78,34 @@ class NodeLeases:
     def held(self) -> set[str]:
         return set(self._fds)
 
-    def holds(self, node: str) -> bool:
-        return node in self._fds
+    def holds(self, name: str) -> bool:
+        return name in self._fds
 
-    def try_take(self, node: str) -> bool:
-        if node in self._fds:
+    def try_take(self, name: str) -> bool:
+        if name in self._fds:
             return True
-        fd = os.open(self.dir / f"{quote(node, safe='')}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / f"{quote(name, safe='')}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
-        self._fds[node] = fd
+        self._fds[name] = fd
         return True
 
-    def give(self, node: str) -> None:
-        fd = self._fds.pop(node, None)
+    def give(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
         if fd is not None:
             os.close(fd)
 
     def close(self) -> None:
-        for node in list(self._fds):
-            self.give(node)
+        for name in list(self._fds):
+            self.give(name)
+
+
+def node_leases(state_dir: Path) -> Leases:
+    return Leases(state_dir / "leases")
+
+
+def role_leases(state_dir: Path) -> Leases:
+    return Leases(state_dir / "roles")

@@ -26,7 +26,7 @@ from edge.spool import Spool
 from firmware_sim.scenario import load_scenario
 from ingest import Ingest
 from ingest.detect import warm_up
-from ingest.leases import NodeLeases, assign, live_workers
+from ingest.leases import Leases, assign, live_workers, node_leases
 from ingest.receiver import Receiver
 from ledger import Ledger
 from qctrace.config import Config
@@ -165,7 +165,7 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
     return fwd
 
 
-async def share_nodes(ingest: Ingest, leases: NodeLeases, source: MqttSource, worker: str, stop: asyncio.Event,
+async def share_nodes(ingest: Ingest, leases: Leases, source: MqttSource, worker: str, stop: asyncio.Event,
                       every_s: float = 1.0, drain_s: float = 0.3) -> None:
     """Keep holding exactly this worker's share of the edge nodes (``ingest.leases``): give up
     nodes another worker should have (stop reading, commit, then free the lease), take the ones
@@ -206,7 +206,7 @@ async def run_ingest(cfg: Config, worker: str, say: Say = lambda s: None, stop: 
     parts.checkpointer.anchorer = anchorer
     feed.clock = lambda: parts.ingest.now_ns  # alarm clears fall due on the data clock, not only on the next fact
     source = await MqttSource(cfg.mqtt, worker, by_node=True).start()
-    leases = NodeLeases(parts.ingest.sink.state_dir)
+    leases = node_leases(parts.ingest.sink.state_dir)
     receiver = Receiver(parts.ingest, source.ack, data_dir / "quarantine", leases.holds)
     im.watch(parts.ingest, receiver, source, parts.ledger, parts.checkpointer)
     say(f"ingest {worker}: {source.subscription} → {data_dir}")

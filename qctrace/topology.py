@@ -111,11 +111,9 @@ def _port(base: int, i: int) -> int:
 
 
 def worker_configs(cfg: Config, workers: int) -> list[Config]:
-    """One per ingest worker: its own metrics port; only the first compacts in the background
-    (compactions are serialised anyway, and a second compactor would report the first one's new
-    files to the ledger again while they wait for their event)."""
-    return [cfg.with_overrides(**{"metrics.ingest_port": _port(cfg.metrics.ingest_port, i),
-                                  "sink.compact_every_s": cfg.sink.compact_every_s if i == 0 else 0.0})
+    """One per ingest worker, each with its own metrics port. Every worker runs the background
+    compactor; its role lease lets one at a time compact (``ingest.compact.BackgroundCompactor``)."""
+    return [cfg.with_overrides(**{"metrics.ingest_port": _port(cfg.metrics.ingest_port, i)})
             for i in range(workers)]
 
 

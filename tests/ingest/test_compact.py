@@ -220,3 +220,58 @@ def test_a_merge_whose_ledger_event_was_lost_in_a_crash_is_reported_again(tmp_pa
     heard = []
     compact(root, state, min_files=2, on_files=heard.extend)
     assert heard == lost and unreported_files(state) == []
+
+
+def test_compaction_moves_to_a_live_worker_when_the_compacting_one_is_killed(tmp_path):
+    """Every worker runs a background compactor; one at a time holds the role lease. kill -9 of the
+    holder frees it: the next worker compacts and reports, once, a merge the dead one never reported."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from ingest.compact import BackgroundCompactor, unreported_files
+
+    _fill(tmp_path, flushes=4)
+    root, state = tmp_path / "readings", tmp_path / "ingest"
+
+    def crash(files):
+        raise _Crash()
+
+    with pytest.raises(_Crash):
+        compact(root, state, min_files=2, on_files=crash)  # one line merged, its event never recorded
+    lost = unreported_files(state)
+    assert len(lost) == 1
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from ingest.compact import BackgroundCompactor
+        bg = BackgroundCompactor(Path({str(root)!r}), Path({str(state)!r}), every_s=3600, min_files=2)
+        bg.start()
+        print(bg.holds_lease, len(bg.drain()), flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().split() == ["True", "1"]  # it took the lease and the late merge
+        other = BackgroundCompactor(root, state, every_s=3600, min_files=2)
+        other.run_once()
+        assert not other.holds_lease and other.passes_idle == 1 and other.drain() == []
+        assert len(read_snapshot(state).files) == 5  # the other line's 4 files are still unmerged
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        other.run_once()
+        assert other.holds_lease and other.passes_idle == 1 and other.error is None
+        got = other.drain()
+        assert got[0].path == lost[0].path and len(got) == 2  # the dead holder's merge, then its own
+        assert len(read_snapshot(state).files) == 2
+        other.confirm(got)
+        assert unreported_files(state) == []
+        other.stop()
+        again = BackgroundCompactor(root, state, every_s=3600, min_files=2)
+        again.run_once()
+        assert again.holds_lease and again.drain() == []  # reported once, not by every later holder
+        again.stop()
+    finally:
+        holder.kill()
+        holder.wait()

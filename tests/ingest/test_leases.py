@@ -8,7 +8,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.leases import NodeLeases, assign, live_workers
+from ingest.leases import assign, live_workers, node_leases
 from ingest.sink import ParquetSink
 
 names = st.text("abcdefgh0123456789", min_size=1, max_size=6)
@@ -30,11 +30,11 @@ def test_no_worker_no_assignment():
 HOLD = """
 import sys, time
 from pathlib import Path
-from ingest.leases import NodeLeases
+from ingest.leases import node_leases
 from ingest.sink import ParquetSink
 d = Path(sys.argv[1])
 ParquetSink(d / "readings", d / "ingest", writer="other")
-leases = NodeLeases(d / "ingest")
+leases = node_leases(d / "ingest")
 assert leases.try_take("edge1")
 print("held", flush=True)
 time.sleep(60)
@@ -46,7 +46,7 @@ def test_a_lease_is_exclusive_across_processes_and_freed_when_its_holder_dies(tm
     p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"
-        leases = NodeLeases(tmp_path / "ingest")
+        leases = node_leases(tmp_path / "ingest")
         assert live_workers(tmp_path / "ingest", "me") == ["me", "other"]
         assert not leases.try_take("edge1") and leases.try_take("edge2")
         p.kill()
