@@ -28,18 +28,21 @@ class SeqAllocator:
         first = self._next.get(source, 0)
         end = first + n
         if end > self._reserved.get(source, 0):
-            self._reserved[source] = end + self.block
-            self._persist()
+            # On disk first: a reservation that failed to persist (a full disk) must not be used,
+            # or a crash after it would hand the same numbers out again.
+            reserved = {**self._reserved, source: end + self.block}
+            self._persist(reserved)
+            self._reserved = reserved
         self._next[source] = end
         return first
 
-    def _persist(self) -> None:
+    def _persist(self, reserved: dict[str, int]) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(self._reserved, f)
+            json.dump(reserved, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

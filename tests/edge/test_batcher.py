@@ -52,3 +52,29 @@ def test_seq_is_never_reused_after_a_crash(tmp_path):
     # The process dies here without any shutdown; a new one starts from the persisted reservation.
     second = SeqAllocator(path, block=10)
     assert second.take("src", 1) >= 7
+
+
+def test_a_reservation_that_could_not_be_persisted_is_not_used(tmp_path, monkeypatch):
+    """A full disk while reserving the next block: the numbers past the one on disk are refused,
+    not handed out (a crash would reissue them, and ingest would drop the new readings as repeats)."""
+    import pytest
+
+    path = tmp_path / "seq.json"
+    seqs = SeqAllocator(path, block=10)
+    assert seqs.take("src", 5) == 0  # reserved up to 15 on disk
+    real_open = open
+
+    def full(p, *a, **k):
+        if str(p).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real_open(p, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full)
+    assert seqs.take("src", 10) == 5  # within the reservation on disk: no write needed
+    with pytest.raises(OSError):
+        seqs.take("src", 1)  # the next block could not be reserved
+    with pytest.raises(OSError):
+        seqs.take("src", 1)  # and is still not assumed reserved
+    monkeypatch.setattr("builtins.open", real_open)
+    assert SeqAllocator(path, block=10).take("src", 1) >= 15
+    assert seqs.take("src", 1) == 15
