@@ -37,7 +37,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder
-from edge.outage import Outage, ThrottledWarning
+from edge.outage import DeviceOutage, ThrottledWarning
 from qctrace.config import ModbusRegister, ModbusUnit
 from qctrace.errors import ReaderError
 from qctrace.schema import Quality
@@ -124,7 +124,7 @@ class ModbusReader(Reader):
         self._stream = {(u.unit_id, r.sensor): builder.streams.add(site, line, u.device, r.sensor)
                         for u in units for r in u.registers}
         self.stats = {u.unit_id: UnitStats() for u in units}
-        self.outages = {u.unit_id: Outage(f"{site}/{line}/{u.device}") for u in units}
+        self.outages = {u.unit_id: DeviceOutage(f"{site}/{line}/{u.device}", self.pending_gaps) for u in units}
         self._last_ts: dict[int, int] = {}
         self.polls = 0
         self.reopens = 0
@@ -272,7 +272,6 @@ class ModbusReader(Reader):
         uid = block.unit_id
         gap = self.outages[uid].close(ts)
         if gap is not None:
-            self.pending_gaps.append(gap)
             log.warning("modbus.resumed port=%s unit=%d gap_s=%.3f", self.port, uid, (gap.end_ns - gap.start_ns) / 1e9)
         for reg in block.registers:
             stream = self._stream[(uid, reg.sensor)]
@@ -285,9 +284,7 @@ class ModbusReader(Reader):
 
     async def __aexit__(self, *exc: object) -> None:
         for outage in self.outages.values():
-            gap = outage.abandon()
-            if gap is not None:
-                self.pending_gaps.append(gap)
+            outage.abandon()
         await super().__aexit__(*exc)
 
     async def _close(self) -> None:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from qctrace.schema import Gap
+from qctrace.schema import Gap, Outage
 
 
 @dataclass(slots=True)
@@ -24,16 +24,23 @@ class _Open:
     last_ts: int | None
 
 
-class Outage:
-    """Tracks at most one open outage of one source; ``close`` turns it into a ``Gap``.
+class DeviceOutage:
+    """Tracks at most one open outage of one source and writes its records to ``out`` (the
+    reader's ``pending_gaps``, published in order before its next batch).
 
-    The gap runs from the source time of the last reading before the loss (or the wall-clock time
-    of the loss when none was seen) to that of the first reading after it, as ``Gap`` documents.
+    When the device goes away, an open ``Outage`` marker (from the last reading before the loss)
+    goes to the forwarder, which keeps it on disk; when it is back, the ``Gap`` follows, then the
+    marker that closes the outage. The gap runs from the source time of the last reading before
+    the loss (or the wall-clock time of the loss when none was seen) to that of the first reading
+    after it, as ``Gap`` documents. The marker covers the moment a reader publishes the first
+    batch after the outage before its gap: an edge killed then restarts its restart gap from the
+    outage's start, not from that batch.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, out: list[Gap | Outage]) -> None:
         self.source = source
         self.count = 0
+        self._out = out
         self._open: _Open | None = None
 
     @property
@@ -46,25 +53,33 @@ class Outage:
             return False
         self._open = _Open(time.time_ns(), reason, last_ts)
         self.count += 1
+        if last_ts is not None:
+            self._out.append(Outage(self.source, last_ts))
         return True
 
     def close(self, first_ts: int, detail: str = "") -> Gap | None:
-        """The first reading after the outage arrived (source time ``first_ts``)."""
+        """The first reading after the outage arrived (source time ``first_ts``): its gap, recorded."""
         o = self._open
         if o is None:
             return None
-        self._open = None
         start = o.last_ts if o.last_ts is not None else o.lost_ns
-        return Gap(self.source, start, max(first_ts, start), o.reason + (f"; {detail}" if detail else ""))
+        return self._record(Gap(self.source, start, max(first_ts, start), o.reason + (f"; {detail}" if detail else "")))
 
     def abandon(self) -> Gap | None:
         """The reader stops while the device is still away: the gap ends now (wall clock)."""
         o = self._open
         if o is None:
             return None
-        self._open = None
         start = o.last_ts if o.last_ts is not None else o.lost_ns
-        return Gap(self.source, start, max(time.time_ns(), start), o.reason + "; still away when the reader stopped")
+        return self._record(Gap(self.source, start, max(time.time_ns(), start),
+                                o.reason + "; still away when the reader stopped"))
+
+    def _record(self, gap: Gap) -> Gap:
+        o, self._open = self._open, None
+        self._out.append(gap)
+        if o is not None and o.last_ts is not None:
+            self._out.append(Outage(self.source, o.last_ts, closed=True))
+        return gap
 
 
 class ThrottledWarning:

@@ -25,7 +25,7 @@ from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder, StreamTable, fixed_lot
 from edge.frames import FrameDecoder
-from edge.outage import Outage, ThrottledWarning
+from edge.outage import DeviceOutage, ThrottledWarning
 from edge.sequence import SeqAllocator
 from qctrace.config import SerialConfig
 from qctrace.errors import ReaderError
@@ -68,7 +68,7 @@ class SerialReader(Reader):
         self.frames = 0
         self.frames_missed = 0
         self.reopens = 0
-        self.outage = Outage(scope)
+        self.outage = DeviceOutage(scope, self.pending_gaps)
         self._last_ts: int | None = None
         self._last_seq: int | None = None
         self._seq_before_outage: int | None = None
@@ -190,7 +190,6 @@ class SerialReader(Reader):
             detail = ""
         gap = self.outage.close(first_ts, detail)
         if gap is not None:
-            self.pending_gaps.append(gap)
             log.warning("serial.resumed port=%s gap_s=%.3f %s", self.port, (gap.end_ns - gap.start_ns) / 1e9, detail)
 
     def _count_rejects(self) -> None:
@@ -208,9 +207,7 @@ class SerialReader(Reader):
             self._seen_garbage = dec.garbage_bytes
 
     async def __aexit__(self, *exc: object) -> None:
-        gap = self.outage.abandon()
-        if gap is not None:
-            self.pending_gaps.append(gap)
+        self.outage.abandon()
         await super().__aexit__(*exc)
 
     async def _close(self) -> None:

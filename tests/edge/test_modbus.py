@@ -61,7 +61,7 @@ class _Collect:
         self.items.append(item)
 
     def table(self) -> pa.Table:
-        return pa.Table.from_batches([i for i in self.items if not isinstance(i, Gap)])
+        return pa.Table.from_batches([i for i in self.items if isinstance(i, pa.RecordBatch)])
 
     def values(self, device: str, sensor: str, quality: int = 0) -> list[float]:
         t = self.table()

@@ -16,7 +16,7 @@ import pytest
 
 from edge import BatchBuilder, SeqAllocator, SerialReader, StreamTable
 from firmware_sim.serial_logger import PtyLogger, encode_frame
-from qctrace.schema import Gap
+from qctrace.schema import Gap, Outage
 
 T0_MS = 1793599200000
 SOURCE = "coldchain/SHP-1/logger-01"
@@ -40,7 +40,7 @@ class _Collect:
 
     def frames(self) -> list[tuple]:
         """Readings regrouped into (ts, temperature, humidity, door, battery) per frame, in arrival order."""
-        batches = [i for i in self.items if not isinstance(i, Gap)]
+        batches = [i for i in self.items if isinstance(i, pa.RecordBatch)]
         if not batches:
             return []
         t = pa.Table.from_batches(batches)
@@ -156,6 +156,16 @@ async def test_unplugged_logger_is_reopened_the_outage_is_one_gap_and_readings_r
     c = reader.counters()
     assert c["qctrace_edge_serial_outages_total"] == 1 and c["qctrace_edge_serial_frames_total"] == 20
     assert c["qctrace_edge_serial_frames_missed_total"] == 5  # by the logger's own frame numbers
+    # The forwarder heard of the outage (from the last frame before it) before any frame after it,
+    # and of its end only once the gap was on its way: an edge killed in between restarts its
+    # restart gap from the outage's start (the OPC UA reader does the same).
+    items = out.items
+    opened = [k for k, i in enumerate(items) if isinstance(i, Outage) and not i.closed]
+    closed = [k for k, i in enumerate(items) if isinstance(i, Outage) and i.closed]
+    after = [k for k, i in enumerate(items) if isinstance(i, pa.RecordBatch)
+             and max(i.column("ts").cast(pa.int64()).to_pylist()) >= sent[10][0]]
+    assert len(opened) == 1 and items[opened[0]].since_ns == sent[9][0] and opened[0] < after[0]
+    assert closed == [items.index(gap) + 1] and items[closed[0]].since_ns == sent[9][0]
 
 
 async def test_a_logger_still_unplugged_when_the_reader_stops_leaves_an_open_ended_gap(tmp_path):
