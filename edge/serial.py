@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
 
 import serial
@@ -77,6 +78,7 @@ class SerialReader(Reader):
         self._rejects = ThrottledWarning(log, "serial.rejected", f"port={port}", warn_interval_s)
         self._seen_by_reason: dict[str, int] = {}
         self._seen_garbage = 0
+        self.retry_missing = True  # wait for a port that is not there (False: raise at once)
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -96,10 +98,26 @@ class SerialReader(Reader):
         return _KeepQueuedInput(self.port, self.baudrate, timeout=self.batch_max_age_s / 2)
 
     async def _open(self) -> None:
-        try:
-            self._ser = self._connect()
-        except (serial.SerialException, OSError) as exc:
-            raise ReaderError(f"{self.port}: cannot open serial port: {exc}") from exc
+        """Open the port. A port that is not there is a logger unplugged while the edge (re)started,
+        as the campaign found: waited for, like a PLC that does not answer, with the same backoff
+        as a reopen (``retry_missing = False`` raises instead). A port that is there but cannot be
+        opened (permissions, not a terminal) is an error retrying cannot cure."""
+        delays = exponential_backoff(initial_s=self._backoff[0], cap_s=self._backoff[1])
+        waited = 0
+        while True:
+            try:
+                self._ser = self._connect()
+                break
+            except (serial.SerialException, OSError) as exc:
+                if os.path.exists(self.port) or not self.retry_missing:
+                    raise ReaderError(f"{self.port}: cannot open serial port: {exc}") from exc
+            if not waited:
+                log.warning("serial.waiting port=%s: not there (a logger unplugged, or a wrong path); retrying every"
+                            " %.1f s at most", self.port, self._backoff[1])
+            waited += 1
+            await asyncio.sleep(next(delays))
+        if waited:
+            log.warning("serial.appeared port=%s after %d attempts", self.port, waited)
 
     def _lost(self, exc: BaseException) -> None:
         """The device went away: close it; ``_read_once`` retries with backoff until it is back."""

@@ -220,14 +220,50 @@ async def test_bad_frames_are_counted_by_reason_and_logged_throttled_never_as_re
     assert sum(int(w.split("crc=")[1].split()[0]) for w in warnings if "crc=" in w) == 500
 
 
-def test_missing_port_error_names_it_and_says_what_failed():
+def test_missing_port_error_names_it_and_says_what_failed(tmp_path):
     from qctrace.errors import ReaderError
 
     reader = _reader("/dev/serial/by-id/no-such-logger", _Collect())
+    reader.retry_missing = False
 
-    async def go() -> None:
-        async with reader:
+    async def go(r) -> None:
+        async with r:
             pass
 
     with pytest.raises(ReaderError, match=r"/dev/serial/by-id/no-such-logger: cannot open serial port"):
-        asyncio.run(go())
+        asyncio.run(go(reader))
+    not_a_terminal = tmp_path / "logger.txt"
+    not_a_terminal.write_text("frames?")
+    with pytest.raises(ReaderError, match=r"logger.txt: cannot open serial port"):  # there, but not a port: no wait
+        asyncio.run(go(_reader(str(not_a_terminal), _Collect())))
+
+
+async def test_a_logger_unplugged_when_the_edge_starts_is_waited_for_and_read_once_plugged(tmp_path, caplog):
+    """The campaign killed an edge while its logger was unplugged; the restarted edge must wait for
+    the port to come back, not exit."""
+    link = tmp_path / "by-id" / "logger-01"
+    logger = PtyLogger("logger-01", link)
+    logger.disconnect()
+    out = _Collect()
+    reader = _reader(str(link), out, reopen_initial_s=0.02, reopen_cap_s=0.1)
+    try:
+        opening = asyncio.create_task(reader.__aenter__())
+        await asyncio.sleep(0.5)
+        assert not opening.done()  # still waiting, no error
+        assert any("serial.waiting" in r.getMessage() for r in caplog.records)
+        logger.reconnect()
+        await asyncio.wait_for(opening, 10)
+        stop = asyncio.Event()
+        task = asyncio.create_task(reader.run(stop))
+        sent = []
+        for s in range(3):
+            raw, fields = _frame(s)
+            assert logger.write(raw)
+            sent.append(fields)
+        await _until(lambda: reader.frames == 3, 10)
+        stop.set()
+        await task
+        await reader.__aexit__(None, None, None)
+    finally:
+        logger.close()
+    assert out.frames() == sent
