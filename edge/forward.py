@@ -155,29 +155,27 @@ class Forwarder:
         An ``Outage`` is kept here, not sent.
 
         The first batch of a source after this node (re)started is preceded by a gap record from
-        the last reading spooled before the restart: readings the PLC produced while the edge was
-        down were never collected (unless history backfill brings them), and downstream must know.
-        Its two ends are the source times of two real readings, so an oracle can map them to the
-        plant's own clock even when the device's clock jumped in between.
+        the last reading spooled before the restart (or an outage open then) to the *newest*
+        reading of that batch: readings the PLC produced while the edge was down were never
+        collected (unless history backfill brings them), and downstream must know. Newest, not
+        oldest: a subscription's first values are each tag's current one, and a tag that had been
+        silent brings an old sample (the soak lost the other tags' readings in between). A clock
+        that went back across the restart makes the batch's oldest reading the start instead. Both
+        ends are the source times of real readings, so an oracle can map them to the plant's own
+        clock even when the device's clock jumped in between.
         """
         if isinstance(item, Outage):
             self._outage(item)
             return
         if not isinstance(item, Gap) and item.num_rows:
             spans = source_spans(item)
-            for src, (lo, _hi) in spans.items():
+            for src, (lo, hi) in spans.items():
                 before = self._restarted_after.pop(src, None)
-                if before is not None and lo > before:
-                    await self._append(Gap(src, before, lo, f"edge node {self.node} restarted; readings in"
-                                                              " between were not collected"))
-                elif before is not None and lo < before:
-                    # The source's clock went back across the restart (a skew corrected meanwhile),
-                    # or its tags are sampled at different times: the gap is still recorded, between
-                    # the two readings that bound it, earlier time first.
-                    await self._append(Gap(src, lo, before, f"edge node {self.node} restarted; readings in"
-                                                            " between were not collected (the source's first"
-                                                            " time after the restart is earlier than its last"
-                                                            " before it)"))
+                if before is not None and max(before, hi) > min(before, lo):
+                    await self._append(Gap(src, min(before, lo), max(before, hi),
+                                           f"edge node {self.node} restarted; readings in between were not collected"
+                                           + (" (the source's first time after the restart is earlier than its last"
+                                              " before it)" if lo < before else "")))
                 if before is not None and src in self._outages:  # covered by the restart gap now spooled
                     self._outage(Outage(src, before, closed=True))
             await self._append(item, spans)

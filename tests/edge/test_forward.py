@@ -119,5 +119,5 @@ async def test_the_first_batch_after_a_restart_follows_a_gap_from_the_last_readi
     gaps = [f for f in p2.facts if isinstance(f, Gap)]
     assert len(gaps) == 1
     g = gaps[0]
-    assert (g.source, g.start_ns, g.end_ns) == ("plant1/line1/plc1", T0 + 99 * 10**9, T0 + 250 * 10**9)
+    assert (g.source, g.start_ns, g.end_ns) == ("plant1/line1/plc1", T0 + 99 * 10**9, T0 + 299 * 10**9)
     assert "restarted" in g.reason

@@ -37,7 +37,7 @@ async def test_the_restart_gap_covers_what_came_after_a_clock_that_ran_ahead_and
     again = Forwarder("e1", spool, InProcessLink())
     await again.publish(batch(range(50, 60)))
     gaps = [g for g in spooled(spool) if isinstance(g, Gap)]
-    assert [(g.start_ns, g.end_ns) for g in gaps] == [(T0 + 29 * S, T0 + 50 * S)]
+    assert [(g.start_ns, g.end_ns) for g in gaps] == [(T0 + 29 * S, T0 + 59 * S)]
 
 
 async def test_a_restart_while_the_clock_ran_ahead_still_records_the_gap_between_the_bounding_readings(tmp_path):
@@ -74,7 +74,7 @@ async def test_an_edge_killed_during_a_plc_outage_records_the_outage_from_its_st
     again = Forwarder("e1", spool, InProcessLink())
     await again.publish(batch(range(50, 60)))
     [gap] = [g for g in spooled(spool) if isinstance(g, Gap)]
-    assert (gap.start_ns, gap.end_ns) == (T0 + 9 * S, T0 + 50 * S)
+    assert (gap.start_ns, gap.end_ns) == (T0 + 9 * S, T0 + 59 * S)
     assert again._outages == {}  # covered: the next restart starts from the last reading again
     again._save()
     spool.close()
@@ -98,3 +98,25 @@ async def test_an_outage_whose_gap_was_spooled_is_closed_and_forgotten(tmp_path)
     spool.close()
     again = Forwarder("e1", Spool(tmp_path / "spool", fsync=False), InProcessLink())
     assert again._restarted_after == {"p/l/plc": T0 + 29 * S}
+
+
+async def test_the_restart_gap_reaches_the_newest_first_value_when_a_silent_tag_brings_an_old_one(tmp_path):
+    """A subscription's first values after a restart are every tag's current one: a tag silent since
+    T0+35 s brings that old sample beside the others' T0+50 s. The readings the busy tags produced
+    between 35 and 50 s were never collected: the gap must reach T0+50 s, not stop at 35 s."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    first = Forwarder("e1", spool, InProcessLink())
+    await first.publish(batch(range(0, 30)))
+    first._save()
+    spool.close()
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    again = Forwarder("e1", spool, InProcessLink())
+    initial = batch_from_columns({
+        "ts": [T0 + 35 * S, T0 + 50 * S, T0 + 50 * S], "recv_ts": [T0 + 50 * S] * 3, "site": ["p"] * 3,
+        "line": ["l"] * 3, "device": ["plc"] * 3, "sensor": ["quiet", "x", "y"], "value": [1.0] * 3,
+        "quality": [0] * 3, "seq": [100, 101, 102], "lot": ["L"] * 3})
+    await again.publish(initial)
+    [gap] = [g for g in spooled(spool) if isinstance(g, Gap)]
+    assert (gap.start_ns, gap.end_ns) == (T0 + 29 * S, T0 + 50 * S)
+    assert "earlier than its last" not in gap.reason
