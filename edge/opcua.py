@@ -479,8 +479,10 @@ class OpcUaReader(Reader):
 
     def _record_gaps(self, before: list[int], first_after: list[int], backfilled: dict[int, int], note: str,
                      lost: tuple[int, str]) -> None:
-        """One gap per source of this server: from its last reading before the outage to its first
-        live one after, the reason saying how many readings the server's history gave back."""
+        """One gap per source of this server, the reason saying how many readings the server's
+        history gave back. It spans every tag's outage: from the earliest last reading before it to
+        the latest first reading after it (a tag silent for a while brings an old sample as its
+        first value after a re-subscribe, and must not cut the others' outage short)."""
         lost_at, reason = lost
         st = self.builder.streams
         spans: dict[int, tuple[int, int]] = {}
@@ -489,8 +491,8 @@ class OpcUaReader(Reader):
                 continue
             src = st.source_of[stream]
             s, e = spans.get(src, (0, 0))
-            first = first_after[h]
-            spans[src] = (max(s, before[h]), min(e, first) if e and first else (e or first))
+            b, first = before[h], first_after[h]
+            spans[src] = (min(s, b) if s and b else (s or b), max(e, first))
         for src, (s, e) in sorted(spans.items(), key=lambda kv: st.sources[kv[0]]):
             start = s or lost_at
             end = max(e or self._last_ts_of(src) or start, start)

@@ -11,7 +11,7 @@ from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTa
 from firmware_sim.plant import SimulatedPlant
 from firmware_sim.scenario import load_scenario
 from qctrace.config import OpcUaClientConfig
-from qctrace.errors import ReaderError, ServerUnreachable
+from qctrace.errors import ServerUnreachable
 from qctrace.schema import READING_SCHEMA
 from tests.edge.opcua_support import run_readers
 
@@ -105,14 +105,6 @@ async def test_a_plc_that_stops_answering_while_the_reader_opens_it_is_waited_fo
                 with pytest.raises(ServerUnreachable, match="stopped answering while the reader opened it"):
                     async with reader:
                         pass
-
-
-async def test_missing_serial_port_gives_a_reader_error_naming_it():
-    reader = SerialReader("/dev/does-not-exist", "c", "s", "d", BatchBuilder(StreamTable(), SeqAllocator(None)),
-                          lambda b: None)
-    with pytest.raises(ReaderError, match="/dev/does-not-exist"):
-        async with reader:
-            pass
 
 
 async def test_an_unplugged_logger_is_reopened_and_every_frame_it_sent_is_read(tmp_path):
