@@ -128,3 +128,49 @@ async def test_reconnect_attempts_back_off_exponentially_with_jitter_up_to_the_c
     assert 0.05 <= delays[0] <= 0.15 and 0.1 <= delays[1] <= 0.3  # 0.1 then 0.2, each ±50 %
     assert all(0.2 <= d <= 0.6 for d in delays[3:])  # capped at 0.4 ±50 %
     assert len({round(d, 6) for d in delays[3:]}) == len(delays[3:])  # jittered: no two capped delays alike
+
+
+_SILENT = _RESTART.split("[[faults]]")[0] + """
+[[faults]]
+kind = "dropout"
+target = "p/l/plc/u"
+at_s = 25
+duration_s = 100
+"""
+
+
+async def test_a_tag_that_fell_silent_during_a_cut_does_not_cut_the_gap_short(tmp_path):
+    """Tag u stops at 2.5 s, inside a network cut (1 s to 4 s at 10 ticks/s), and the PLC keeps no
+    history to read back. After the re-subscribe u's first value is its last sample (2.4 s), t's is
+    live (~4 s): the gap must reach t's, or t's readings in between are lost without a record."""
+    opts = OpcUaClientConfig(security_policy="None", backoff_initial_s=0.2, backoff_max_s=0.5,
+                             history_backfill=False)
+    out = Collected()
+    async with SimulatedPlant(parse_scenario(_SILENT), seed=2, speed=10, processes=False) as plant:
+        proxy = CuttableProxy(plant._runners[0].server.port, free_port())
+        await proxy.restore()
+        r = reader(proxy.url, out, opts=opts, timeout_s=1)
+        async with r:
+            stop = asyncio.Event()
+            task = asyncio.create_task(r.run(stop))
+            ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=60))
+            await asyncio.sleep(1.0)
+            await proxy.cut()
+            await asyncio.sleep(3.0)
+            await proxy.restore()
+            await ticks
+            for _ in range(60):
+                if out.gaps and not r._resuming:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await task
+        sent = _sent(plant)
+    got = set(out.keys())
+    (g,) = out.gaps
+    lost = [k for k in sent if k not in got]
+    assert lost, "the cut lost nothing: the test did not cut"
+    u_after = max(t for k, t in out.keys() if k == "u")
+    assert any(k == "t" and t > u_after for k, t in lost)  # t lost readings after u's last one
+    assert all(g.start_ns < t < g.end_ns for _, t in lost), (g, lost[:3], lost[-3:])
