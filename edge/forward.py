@@ -144,11 +144,19 @@ class Forwarder:
             return  # an earlier one is open: its start covers this one
         else:
             self._outages[o.source] = o.since_ns
+        self._outages_dirty = True
         try:
-            atomic_write(self._outages_path, json.dumps(self._outages).encode())
-        except OSError as exc:  # a full disk: the restart gap then starts at the last spooled reading
+            self._save_outages()
+        except OSError as exc:  # a full disk: retried by _save, which writes no newer last times meanwhile
             log.warning("forward.outage_not_saved node=%s source=%s error=%s", self.node, o.source,
                         exc.strerror or exc)
+
+    _outages_dirty = False
+
+    def _save_outages(self) -> None:
+        if self._outages_dirty:
+            atomic_write(self._outages_path, json.dumps(self._outages).encode())
+            self._outages_dirty = False
 
     async def publish(self, item: wire.Item | Outage) -> None:
         """What readers call: returns once the item is durable in the spool (not yet delivered).
@@ -424,6 +432,9 @@ class Forwarder:
         lag what is spooled by that second, which only makes a restart's gap record start earlier."""
         try:
             self.spool.save_state()
+            # Outages first: last times saved past an outage that is not on disk would start a
+            # restart gap after the outage's readings.
+            self._save_outages()
             if self._last_ts_dirty:
                 atomic_write(self._last_ts_path, json.dumps(self._last_ts).encode())
                 self._last_ts_dirty = False

@@ -120,3 +120,39 @@ async def test_the_restart_gap_reaches_the_newest_first_value_when_a_silent_tag_
     [gap] = [g for g in spooled(spool) if isinstance(g, Gap)]
     assert (gap.start_ns, gap.end_ns) == (T0 + 29 * S, T0 + 50 * S)
     assert "earlier than its last" not in gap.reason
+
+
+async def test_an_outage_the_full_disk_refused_is_saved_before_any_newer_last_time(tmp_path, monkeypatch):
+    """The soak's spool disk was full when a PLC connection dropped: the outage could not be saved.
+    Once there is room, it must reach the disk before last times past it do, or a kill then restarts
+    the gap after the outage's readings."""
+    import errno
+
+    import edge.forward
+    from qctrace.schema import Outage
+
+    full = {"on": False}
+    real = edge.forward.atomic_write
+
+    def atomic_write(path, data):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(edge.forward, "atomic_write", atomic_write)
+    spool = Spool(tmp_path / "spool", fsync=False)
+    first = Forwarder("e1", spool, InProcessLink())
+    await first.publish(batch(range(0, 10)))
+    first._save()
+    full["on"] = True
+    await first.publish(Outage("p/l/plc", T0 + 9 * S))  # not saved: the disk is full
+    full["on"] = False  # room again; live values after the reconnect are spooled
+    await first.publish(batch(range(20, 30)))
+    first._save()
+    spool.close()  # kill -9 before the reader recorded the outage's gap
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    again = Forwarder("e1", spool, InProcessLink())
+    await again.publish(batch(range(50, 60)))
+    [gap] = [g for g in spooled(spool) if isinstance(g, Gap)]
+    assert gap.start_ns == T0 + 9 * S
