@@ -122,11 +122,13 @@ class OpcUaReader(Reader):
         away or stops answering half-way through (the campaign found a browse timing out): the open
         starts again from the connection, on the same backoff. Refusals stay final."""
         delays = exponential_backoff(0.5, 2.0, 10.0)
+        resume: list[int] | None = None
         while True:
             try:
                 await self._connect()
                 self.limits = await read_operation_limits(self._client)
                 await self._discover()
+                resume = self._resume_after_interrupted_open()
                 if self.opts.mode == "subscribe":
                     await self._subscribe()
                 else:
@@ -134,6 +136,9 @@ class OpcUaReader(Reader):
                 break
             except (ServerUnreachable, *_GONE_MID_OPEN) as exc:
                 await self._close()
+                self._resuming = False
+                if any(self._last_ts):  # values already flowed (a subscription made before the failure)
+                    await self._on_connection_lost(exc)
                 unreachable = isinstance(exc, ServerUnreachable)
                 if not self.retry_unreachable:
                     if unreachable:
@@ -152,6 +157,22 @@ class OpcUaReader(Reader):
                 raise
         log.info("opcua.open endpoint=%s mode=%s security=%s/%s tags=%d limits=%s", self.endpoint, self.opts.mode,
                  self.opts.security_policy, self.opts.mode_name, len(self._nodes) - len(self._lot_scope), self.limits)
+        if resume is not None:
+            lost, self._lost = self._lost, None
+            self._spawn(self._finish_outage(resume, lost))
+        self._lost = None
+
+    def _resume_after_interrupted_open(self) -> list[int] | None:
+        """An open that failed after its subscription had delivered values is an outage like any
+        other: the soak found readings missing between the values of an interrupted first attempt
+        and those of the open that succeeded. Returns the last times to record its gap from (the
+        new subscription's first values end it), or None when nothing was read yet."""
+        if self._lost is None or not any(self._last_ts):
+            return None
+        self._first_after = [0] * len(self._nodes)
+        self._fresh.clear()
+        self._resuming = True
+        return list(self._last_ts)
 
     async def _connect(self) -> None:
         o, c = self.opts, self._client
@@ -204,6 +225,11 @@ class OpcUaReader(Reader):
         """Site/Line/Device/Tag objects below Objects (skipping the standard Server object, ns 0),
         narrowed to the configured NodeIds and patterns."""
         wanted_ids, patterns = await self._wanted()
+        # Afresh on every attempt (an interrupted open is tried again): keep each node's last time.
+        last = dict(zip(self._nodes, self._last_ts, strict=True))
+        for col in (self._nodes, self._stream_of, self._keys, self._last_ts):
+            col.clear()
+        self._lot_scope.clear()
         objects = self._client.nodes.objects
         seen_ids: set[ua.NodeId] = set()
         for site in await objects.get_children(nodeclassmask=ua.NodeClass.Object):
@@ -233,6 +259,7 @@ class OpcUaReader(Reader):
         if missing:
             raise ReaderError(f"{self.endpoint}: edge.opcua.tags names NodeIds that are not tags under"
                               f" Objects/<site>/<line>/<device>/: {', '.join(sorted(map(str, missing)))}")
+        self._last_ts[:] = [last.get(n, 0) for n in self._nodes]
         if len(self._nodes) == len(self._lot_scope):
             raise ReaderError(f"{self.endpoint}: no tags found under Objects/<site>/<line>/<device>/"
                               + (f" matching edge.opcua.tags {list(self.opts.tags)}" if self.opts.tags else ""))

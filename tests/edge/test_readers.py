@@ -107,6 +107,55 @@ async def test_a_plc_that_stops_answering_while_the_reader_opens_it_is_waited_fo
                         pass
 
 
+async def test_an_open_interrupted_after_values_flowed_is_an_outage_with_its_gap(monkeypatch):
+    """The soak: a restarted edge's first open of a PLC subscribed, took a tick of values, then timed
+    out; the second attempt browsed every tag again (each then read twice, under two seqs) and the
+    ticks between the attempts were lost without a gap record. Now the tags are browsed afresh and
+    the interruption is an outage: marked at once, its gap recorded from the first attempt's values."""
+    from tests.edge.opcua_support import Collected, keys_of, reader
+
+    async with SimulatedPlant(load_scenario("demo"), seed=3, speed=20, processes=False) as plant:
+        out = Collected()
+        r = reader(plant.opcua_endpoints[0], out, timeout_s=2,
+                   opts=OpcUaClientConfig(security_policy="None", history_backfill=False))
+        real, calls = r._subscribe, []
+
+        async def subscribe_then_time_out():
+            calls.append(1)
+            await real()
+            if len(calls) == 1:
+                for _ in range(200):
+                    if r.notifications:
+                        break
+                    await asyncio.sleep(0.02)
+                raise TimeoutError  # the next request of the open got no answer in time
+
+        monkeypatch.setattr(r, "_subscribe", subscribe_then_time_out)
+        ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=80))
+        await asyncio.sleep(0.3)
+        async with r:
+            stop = asyncio.Event()
+            task = asyncio.create_task(r.run(stop))
+            await ticks
+            for _ in range(100):
+                if out.gaps and not r._resuming:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            stop.set()
+            await task
+        sent = keys_of(plant._runners[0].truth)
+    assert len(calls) == 2 and len(r._nodes) == 5  # 4 tags and the line's Lot, browsed once
+    got = out.keys()
+    assert len(got) == len(set(got)), "a sample was read twice"
+    first = min(t for _, t in got)  # what the PLC sent before the first subscription is a restart gap's
+    lost = [k for k in sent if k not in set(got) and k[1] > first]
+    assert lost, "nothing was lost between the attempts: the test did not interrupt the open"
+    (g,) = out.gaps
+    assert all(g.start_ns < t < g.end_ns for _, t in lost), (g.start_ns, g.end_ns, sorted(lost)[:8], len(lost))
+    assert [o.closed for o in out.outages] == [False, True] and out.outages[0].since_ns == g.start_ns
+
+
 async def test_an_unplugged_logger_is_reopened_and_every_frame_it_sent_is_read(tmp_path):
     sc = load_scenario("faults")  # SHP-F01's logger is unplugged from 500 s to 530 s
     batches: list[pa.RecordBatch] = []
