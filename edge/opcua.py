@@ -455,15 +455,20 @@ class OpcUaReader(Reader):
             await asyncio.wait_for(self._fresh.wait(), wait_s)
         except TimeoutError:
             pass
-        self._resuming = False
+        # Still resuming while the history is read: a tag whose first live value comes only now (its
+        # monitored item made in a later call) must have it noted, or the history read would bring
+        # that sample a second time (the soak found such repeats, always of a PLC's last tag).
         first_after = self._first_after
         backfilled: dict[int, int] = {}
         note = ""
-        if self.opts.history_backfill:
-            try:
-                backfilled, note = await self._backfill(before, first_after)
-            except _LINK_ERRORS as exc:
-                note = f"; history backfill failed: {exc!r}"
+        try:
+            if self.opts.history_backfill:
+                try:
+                    backfilled, note = await self._backfill(before, first_after)
+                except _LINK_ERRORS as exc:
+                    note = f"; history backfill failed: {exc!r}"
+        finally:
+            self._resuming = False
         self._record_gaps(before, first_after, backfilled, note, lost)
 
     async def _backfill(self, before: list[int], first_after: list[int]) -> tuple[dict[int, int], str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from firmware_sim.opcua_server import ServerSecurity, free_port
 from firmware_sim.plant import SimulatedPlant
 from firmware_sim.scenario import load_scenario, parse_scenario
@@ -67,7 +69,26 @@ async def test_a_plc_restarted_mid_subscription_is_a_gap_and_nothing_after_the_r
     assert max(t for _, t in got) == max(t for _, t in sent)
 
 
-async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path):
+@pytest.mark.parametrize("items_per_call", [0, 2])
+async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path, monkeypatch, items_per_call):
+    """``items_per_call = 2``: a server that takes two monitored items per call, so the last tag's
+    first live value after the re-subscribe arrives while its history is being read (the soak found
+    that sample written twice, once from each)."""
+    import edge.opcua
+    from edge.opcua_ops import OperationLimits
+
+    if items_per_call:  # and slow, as a CPU-starved PLC is: each call and the history read take a while
+        async def limits(client):
+            return OperationLimits(max_monitored_items_per_call=items_per_call)
+
+        real_history = edge.opcua.read_history
+
+        async def slow_history(*a, **kw):
+            await asyncio.sleep(0.3)
+            return await real_history(*a, **kw)
+
+        monkeypatch.setattr(edge.opcua, "read_operation_limits", limits)
+        monkeypatch.setattr(edge.opcua, "read_history", slow_history)
     opts = OpcUaClientConfig(security_policy="None", backoff_initial_s=0.2, backoff_max_s=0.5)
     out = Collected()
     async with SimulatedPlant(load_scenario("demo"), seed=2, speed=10, processes=False) as plant:
@@ -76,6 +97,15 @@ async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path):
         await proxy.restore()
         r = reader(proxy.url, out, opts=opts, timeout_s=2)
         async with r:
+            if items_per_call:
+                session = r._client.uaclient
+                real_create = session.create_monitored_items
+
+                async def slow_create(params):
+                    await asyncio.sleep(0.3)
+                    return await real_create(params)
+
+                monkeypatch.setattr(session, "create_monitored_items", slow_create)
             stop = asyncio.Event()
             task = asyncio.create_task(r.run(stop))
             ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=50))
