@@ -78,7 +78,8 @@ def bench_latency(minutes: float, fault_every_s: float, work: Path) -> dict:
             "campaign_readings_per_s": round(produced / (minutes * 60)),
             "campaign_produced": produced, "campaign_written": sum(res.written.values()),
             "campaign_in_gaps": sum(res.in_gaps.values()), "campaign_missing": sum(res.unexplained.values()),
-            "campaign_duplicated": res.duplicated, "campaign_faults": dict(res.faults),
+            "campaign_duplicated": res.duplicated,
+            "campaign_samples_repeated": res.samples_repeated, "campaign_faults": dict(res.faults),
             "campaign_ledger_verified": res.ledger_verified}
 
 

@@ -74,6 +74,8 @@ GOALS = [
          lambda v: v >= 9_900, None, None),
     Goal("distributed", "campaign_missing", "0 missing outside a gap record", lambda v: v == 0, None, None),
     Goal("distributed", "campaign_duplicated", "0 duplicated", lambda v: v == 0, None, None),
+    Goal("distributed", "campaign_samples_repeated", "0 samples read twice (by sensor and source time)",
+         lambda v: v == 0, None, None),
     Goal("distributed", "readings_per_s_2_workers", "throughput with 2 ingest workers (readings/s)", None,
          "readings_per_s_1_worker", "ratio_2_vs_1_workers"),
 ]

@@ -59,7 +59,8 @@ class CampaignResult:
     workers: int = 1
     latency_ms: dict[str, float] = field(default_factory=dict)  # source time to Parquet commit, when measured
     fault_times: list[tuple[float, str]] = field(default_factory=list)  # (wall time, kind) of each fault
-    duplicated: int = 0
+    duplicated: int = 0  # rows beyond one per (source, seq)
+    samples_repeated: int = 0  # rows beyond one per (source, sensor, source time): one sample read twice
     gap_records: int = 0
     ledger_verified: bool = False
     ledger_message: str = ""
@@ -71,7 +72,8 @@ class CampaignResult:
     def ok(self) -> bool:
         bounded = all(v.bounded for v in self.resources if not v.metric.startswith(RIG))\
             if self.check_resources else True
-        return not self.unexplained and self.duplicated == 0 and self.ledger_verified and bounded
+        return (not self.unexplained and self.duplicated == 0 and self.samples_repeated == 0 and self.ledger_verified
+                and bounded)
 
     def lines(self) -> list[str]:
         f = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
@@ -82,7 +84,8 @@ class CampaignResult:
         for src in sorted(set(self.produced) | set(self.written)):
             out.append(f"  {src:<34}" + "".join(f"{c.get(src, 0):>10}" for c in cols))
         out.append(f"  {'total':<34}" + "".join(f"{sum(c.values()):>10}" for c in cols))
-        out.append(f"  duplicated {self.duplicated}, gap records {self.gap_records}, ledger "
+        out.append(f"  duplicated {self.duplicated} (by seq), {self.samples_repeated} (by sensor and source time),"
+                   f" gap records {self.gap_records}, ledger "
                    + ("verified" if self.ledger_verified else f"NOT verified: {self.ledger_message}")
                    + ("  -> PASS" if self.ok else "  -> FAIL"))
         out += [f"  skipped: {s}" for s in self.skipped]
@@ -369,6 +372,17 @@ def _latency(data: Path, scenario, speed: float, started_at: float, fault_at: li
     return out
 
 
+def samples_repeated(table: pa.Table) -> int:
+    """Rows beyond one per (source, sensor, source time). A sample the edge read twice gets two
+    seqs, which exactly-once by (source, seq) cannot see; the plant sends one sample per sensor and
+    tick, and a skewed clock is a day off, so in a run no two samples of a sensor share a time."""
+    from qctrace.schema import source_keys
+
+    samples = pa.table({"source": source_keys(table), "sensor": table.column("sensor").cast(pa.string()),
+                        "ts": table.column("ts").cast(pa.int64())})
+    return table.num_rows - samples.group_by(["source", "sensor", "ts"]).aggregate([]).num_rows
+
+
 def _audit(result: CampaignResult, data: Path, scenario: str) -> None:
     from ledger import Ledger, events
     from qctrace.app import audit_against_truth
@@ -378,6 +392,7 @@ def _audit(result: CampaignResult, data: Path, scenario: str) -> None:
     table = read_dataset(data / "readings")
     keys = pa.table({"source": source_keys(table), "seq": table.column("seq")})
     result.duplicated = table.num_rows - keys.group_by(["source", "seq"]).aggregate([]).num_rows
+    result.samples_repeated = samples_repeated(table)
     counts = keys.group_by(["source"]).aggregate([("seq", "count")])
     result.written = dict(zip(counts.column("source").to_pylist(), counts.column("seq_count").to_pylist(),
                               strict=True))
