@@ -37,7 +37,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder
-from edge.outage import DeviceOutage, ThrottledWarning
+from edge.outage import DeviceOutage, ThrottledWarning, wait_for_port
 from qctrace.config import ModbusRegister, ModbusUnit
 from qctrace.errors import ReaderError
 from qctrace.schema import Quality
@@ -131,6 +131,7 @@ class ModbusReader(Reader):
         self.reopen_failures = 0
         self._client: AsyncModbusSerialClient | None = None
         self._backoff = (reopen_initial_s, reopen_cap_s)
+        self.retry_missing = True  # wait for a port that is not there (False: raise at once)
         self._retry = exponential_backoff(initial_s=reopen_initial_s, cap_s=reopen_cap_s)
         self._next_poll = 0.0
         self._rx_since_tx = False
@@ -168,6 +169,8 @@ class ModbusReader(Reader):
         return None
 
     async def _open(self) -> None:
+        if self.retry_missing:  # an adapter unplugged while the edge restarted: waited for
+            await wait_for_port(self.port, self._backoff, "modbus")
         self._client = await self._connect()
         if self._client is None:
             raise ReaderError(f"{self.port}: cannot open the Modbus serial port (missing, or not a serial device?)")

@@ -9,12 +9,17 @@ interval (each reject is still counted, and logged at DEBUG).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 
+from edge.backoff import exponential_backoff
 from qctrace.schema import Gap, Outage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -80,6 +85,22 @@ class DeviceOutage:
         if o is not None and o.last_ts is not None:
             self._out.append(Outage(self.source, o.last_ts, closed=True))
         return gap
+
+
+async def wait_for_port(port: str, backoff: tuple[float, float], what: str) -> None:
+    """Wait until ``port`` exists: a device unplugged while the edge (re)started is waited for, like
+    a PLC that does not answer, not a reason for the edge to exit (the soak's edge died on it). One
+    warning, then a check every ``backoff`` step (initial, cap) with jitter."""
+    if os.path.exists(port):
+        return
+    log.warning("%s.waiting port=%s: not there (unplugged, or a wrong path); checking every %.1f s at most", what,
+                port, backoff[1])
+    delays = exponential_backoff(initial_s=backoff[0], cap_s=backoff[1])
+    tries = 0
+    while not os.path.exists(port):
+        tries += 1
+        await asyncio.sleep(next(delays))
+    log.warning("%s.appeared port=%s after %d checks", what, port, tries)
 
 
 class ThrottledWarning:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import select
 
 import serial
@@ -26,7 +25,7 @@ from edge.backoff import exponential_backoff
 from edge.base import Publish, Reader
 from edge.batcher import BatchBuilder, StreamTable, fixed_lot
 from edge.frames import FrameDecoder
-from edge.outage import DeviceOutage, ThrottledWarning
+from edge.outage import DeviceOutage, ThrottledWarning, wait_for_port
 from edge.sequence import SeqAllocator
 from qctrace.config import SerialConfig
 from qctrace.errors import ReaderError
@@ -98,26 +97,15 @@ class SerialReader(Reader):
         return _KeepQueuedInput(self.port, self.baudrate, timeout=self.batch_max_age_s / 2)
 
     async def _open(self) -> None:
-        """Open the port. A port that is not there is a logger unplugged while the edge (re)started,
-        as the campaign found: waited for, like a PLC that does not answer, with the same backoff
-        as a reopen (``retry_missing = False`` raises instead). A port that is there but cannot be
-        opened (permissions, not a terminal) is an error retrying cannot cure."""
-        delays = exponential_backoff(initial_s=self._backoff[0], cap_s=self._backoff[1])
-        waited = 0
-        while True:
-            try:
-                self._ser = self._connect()
-                break
-            except (serial.SerialException, OSError) as exc:
-                if os.path.exists(self.port) or not self.retry_missing:
-                    raise ReaderError(f"{self.port}: cannot open serial port: {exc}") from exc
-            if not waited:
-                log.warning("serial.waiting port=%s: not there (a logger unplugged, or a wrong path); retrying every"
-                            " %.1f s at most", self.port, self._backoff[1])
-            waited += 1
-            await asyncio.sleep(next(delays))
-        if waited:
-            log.warning("serial.appeared port=%s after %d attempts", self.port, waited)
+        """A port that is not there (a logger unplugged while the edge restarted) is waited for
+        (``retry_missing = False`` raises instead); one that is there but cannot be opened
+        (permissions, not a terminal) is an error retrying cannot cure."""
+        if self.retry_missing:
+            await wait_for_port(self.port, self._backoff, "serial")
+        try:
+            self._ser = self._connect()
+        except (serial.SerialException, OSError) as exc:
+            raise ReaderError(f"{self.port}: cannot open serial port: {exc}") from exc
 
     def _lost(self, exc: BaseException) -> None:
         """The device went away: close it; ``_read_once`` retries with backoff until it is back."""

@@ -201,8 +201,16 @@ async def test_a_unit_that_refuses_an_address_gives_bad_readings_not_silence(tmp
     assert len(out.values("coldroom-1", "temperature")) >= 5
 
 
-async def test_a_missing_port_is_a_reader_error_naming_it(tmp_path):
+async def test_a_missing_port_is_waited_for_or_a_reader_error_naming_it(tmp_path, caplog):
     reader = _reader(str(tmp_path / "no-adapter"), _Collect())
+    reader.retry_missing = False
     with pytest.raises(ReaderError, match="no-adapter: cannot open the Modbus serial port"):
         async with reader:
             pass
+    waiting = _reader(str(tmp_path / "no-adapter"), _Collect())  # by default: an unplugged adapter
+    opening = asyncio.create_task(waiting.__aenter__())
+    await asyncio.sleep(0.3)
+    assert not opening.done() and any("modbus.waiting" in r.getMessage() for r in caplog.records)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
