@@ -120,7 +120,9 @@ class OpcUaReader(Reader):
         A PLC that does not answer (restarting when the edge starts) is waited for, not a reason to
         stop the edge: the gap is recorded from the last reading spooled before. So is one that goes
         away or stops answering half-way through (the campaign found a browse timing out): the open
-        starts again from the connection, on the same backoff. Refusals stay final."""
+        starts again from the connection, on the same backoff, and if its subscription had already
+        delivered values, that is an outage with its marker and gap like any other
+        (``_resume_after_interrupted_open``). Refusals stay final."""
         delays = exponential_backoff(0.5, 2.0, 10.0)
         resume: list[int] | None = None
         while True:
