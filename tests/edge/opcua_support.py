@@ -62,6 +62,17 @@ async def run_for(r: OpcUaReader, plant, ticks: int, settle_s: float = 1.0) -> N
         await task
 
 
+async def finish(stop: asyncio.Event, task: asyncio.Task, until, timeout_s: float = 6.0, linger_s: float = 0.3) -> None:
+    """Wait (bounded) until ``until()`` holds, let the reader flush for ``linger_s``, then stop it."""
+    for _ in range(int(timeout_s / 0.05)):
+        if until():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(linger_s)
+    stop.set()
+    await task
+
+
 class CuttableProxy:
     """A loopback TCP proxy in front of a server. ``cut()`` drops every connection and stops
     listening (connects are refused, as when a cable is pulled at a switch); ``restore()`` listens

@@ -11,7 +11,7 @@ from firmware_sim.opcua_server import ServerSecurity, free_port
 from firmware_sim.plant import SimulatedPlant
 from firmware_sim.scenario import load_scenario, parse_scenario
 from qctrace.config import OpcUaClientConfig
-from tests.edge.opcua_support import Collected, CuttableProxy, keys_of, reader, run_for
+from tests.edge.opcua_support import Collected, CuttableProxy, finish, keys_of, reader, run_for
 
 _RESTART = """
 [plant]
@@ -114,13 +114,8 @@ async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path, monkey
             await asyncio.sleep(2.0)
             await proxy.restore()
             await ticks
-            for _ in range(60):
-                if len(out.ts()) + len(r.builder) >= plant.produced()["plant1/line1/plc1"] and not r._resuming:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.3)
-            stop.set()
-            await task
+            await finish(stop, task, lambda: len(out.ts()) + len(r.builder) >= plant.produced()["plant1/line1/plc1"]
+                         and not r._resuming)
         sent = _sent(plant)
     assert r._client.reconnects >= 1
     got = out.keys()
@@ -189,13 +184,7 @@ async def test_a_tag_that_fell_silent_during_a_cut_does_not_cut_the_gap_short(tm
             await asyncio.sleep(3.0)
             await proxy.restore()
             await ticks
-            for _ in range(60):
-                if out.gaps and not r._resuming:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)
-            stop.set()
-            await task
+            await finish(stop, task, lambda: out.gaps and not r._resuming, linger_s=0.5)
         sent = _sent(plant)
     got = set(out.keys())
     (g,) = out.gaps

@@ -112,7 +112,7 @@ async def test_an_open_interrupted_after_values_flowed_is_an_outage_with_its_gap
     out; the second attempt browsed every tag again (each then read twice, under two seqs) and the
     ticks between the attempts were lost without a gap record. Now the tags are browsed afresh and
     the interruption is an outage: marked at once, its gap recorded from the first attempt's values."""
-    from tests.edge.opcua_support import Collected, keys_of, reader
+    from tests.edge.opcua_support import Collected, finish, keys_of, reader
 
     async with SimulatedPlant(load_scenario("demo"), seed=3, speed=20, processes=False) as plant:
         out = Collected()
@@ -137,13 +137,7 @@ async def test_an_open_interrupted_after_values_flowed_is_an_outage_with_its_gap
             stop = asyncio.Event()
             task = asyncio.create_task(r.run(stop))
             await ticks
-            for _ in range(100):
-                if out.gaps and not r._resuming:
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
-            stop.set()
-            await task
+            await finish(stop, task, lambda: out.gaps and not r._resuming)
         sent = keys_of(plant._runners[0].truth)
     assert len(calls) == 2 and len(r._nodes) == 5  # 4 tags and the line's Lot, browsed once
     got = out.keys()
