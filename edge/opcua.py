@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
 import math
 import time
@@ -44,6 +45,7 @@ from edge.opcua_client import BoundedClient
 from edge.opcua_ops import OperationLimits, chunks, read_history, read_operation_limits, read_values
 from edge.opcua_pki import POLICY_CLASSES, TrustList, ensure_client_certificate, pick_endpoint, read_password
 from qctrace.config import OpcUaClientConfig
+from qctrace.durable import atomic_write
 from qctrace.errors import ConfigError, ReaderError, ServerUnreachable
 from qctrace.schema import Gap, Outage, Quality
 
@@ -65,6 +67,17 @@ _GONE_MID_OPEN = (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ua
 """What a server that went away, restarted or is overloaded answers after the connection was made."""
 
 
+def _load_sent(path: Path | None) -> dict[str, int]:
+    """The last run's record of samples spooled, by NodeId; unreadable or absent: none."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
 def _ns(dt: datetime) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
@@ -79,9 +92,11 @@ class OpcUaReader(Reader):
     def __init__(self, endpoint: str, builder: BatchBuilder, publish: Publish, *, publishing_interval_ms: int = 200,
                  queue_size: int = 1000, batch_max_rows: int = 1000, batch_max_age_s: float = 0.25,
                  timeout_s: float | None = None, opts: OpcUaClientConfig = _DEFAULT_OPTS,
-                 data_dir: Path | None = None, trusted_certs: tuple[Path, ...] = ()) -> None:
+                 data_dir: Path | None = None, trusted_certs: tuple[Path, ...] = (),
+                 sent_path: Path | None = None) -> None:
         """``data_dir`` places the default PKI directory; ``trusted_certs`` are server certificates the
-        caller vouches for on top of the trust list (the demo trusts the simulator it started)."""
+        caller vouches for on top of the trust list (the demo trusts the simulator it started);
+        ``sent_path`` keeps, across restarts, each node's last sample already spooled (``_take``)."""
         super().__init__(builder, publish, batch_max_rows, batch_max_age_s)
         self.endpoint = endpoint
         self.opts = opts
@@ -108,6 +123,11 @@ class OpcUaReader(Reader):
         self._fresh = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.notifications = 0
+        self.sent_path = sent_path
+        self._sent_before: dict[str, int] = _load_sent(sent_path)  # the last run's, by NodeId
+        self._prior: list[int] = []  # per handle: that run's last sample, until a new one arrives
+        self._sent: list[int] = []  # per handle: the last sample in a batch the forwarder took
+        self._sent_saved = 0.0
         self.retry_unreachable = True  # keep trying a server that does not answer (False: raise at once)
         self.backfilled = 0
         self.read_calls = 0
@@ -262,6 +282,8 @@ class OpcUaReader(Reader):
             raise ReaderError(f"{self.endpoint}: edge.opcua.tags names NodeIds that are not tags under"
                               f" Objects/<site>/<line>/<device>/: {', '.join(sorted(map(str, missing)))}")
         self._last_ts[:] = [last.get(n, 0) for n in self._nodes]
+        self._prior = [self._sent_before.get(n.to_string(), 0) for n in self._nodes]
+        self._sent = list(self._prior)
         if len(self._nodes) == len(self._lot_scope):
             raise ReaderError(f"{self.endpoint}: no tags found under Objects/<site>/<line>/<device>/"
                               + (f" matching edge.opcua.tags {list(self.opts.tags)}" if self.opts.tags else ""))
@@ -375,11 +397,41 @@ class OpcUaReader(Reader):
                 self.builder.streams.timeline(self._lot_scope[h]).set(ts, v)
             self._last_ts[h] = ts
             return
+        if self._prior and self._prior[h]:
+            prior, self._prior[h] = self._prior[h], 0
+            if prior == ts:
+                return  # a tag unchanged since the last run spooled this sample: its first value now
         if self._resuming and not self._first_after[h]:
             self._first_after[h] = ts
         self._last_ts[h] = ts
         self.notifications += 1
         self.builder.add(stream, ts, float(v) if isinstance(v, int | float) else math.nan, _QUALITY[code >> 30], recv)
+
+    # -- what was sent ---------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Publish as every reader does; then remember each node's last sample the forwarder took
+        (in the spool once ``publish`` returns), and write that down about once a second.
+
+        A new subscription's first value of each tag is its current one. After an edge restart, a
+        tag that has not changed since is the very sample the last run spooled, and would be
+        written twice under two seqs; ``_take`` drops it by this record. Only an identical source
+        time is dropped, so a clock that moved cannot cost a reading; a record a second stale (the
+        edge killed meanwhile) only lets such a repeat through."""
+        taken = list(self._last_ts)
+        await super().flush()
+        if len(taken) == len(self._sent):  # the latest sample of each tag, not the greatest time
+            self._sent = [t or s for t, s in zip(taken, self._sent, strict=True)]
+        if self.sent_path is not None and time.monotonic() - self._sent_saved >= 1.0:
+            self._save_sent()
+
+    def _save_sent(self) -> None:
+        self._sent_saved = time.monotonic()
+        state = {**self._sent_before, **{n.to_string(): t for n, t in zip(self._nodes, self._sent, strict=True) if t}}
+        try:
+            atomic_write(self.sent_path, json.dumps(state).encode())
+        except OSError as exc:  # a full disk: a repeat after a restart is all it can cost
+            log.info("opcua.sent_not_saved path=%s error=%s", self.sent_path, exc.strerror or exc)
 
     # -- polling -----------------------------------------------------------------------------
 
@@ -551,6 +603,8 @@ class OpcUaReader(Reader):
         task.add_done_callback(self._tasks.discard)
 
     async def _close(self) -> None:
+        if self.sent_path is not None and self._sent:
+            self._save_sent()  # a clean stop: the next start knows every sample spooled
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, StreamTable
 from edge.base import ReaderState
@@ -60,7 +61,8 @@ def build_readers(cfg: Config, data_dir: Path, publish, endpoints: tuple[str, ..
     readers: list = [
         OpcUaReader(endpoint, BatchBuilder(streams, seqs), publish, publishing_interval_ms=e.publishing_interval_ms,
                     queue_size=e.queue_size, batch_max_rows=e.batch_max_rows, batch_max_age_s=e.batch_max_age_s,
-                    opts=e.opcua, data_dir=data_dir, trusted_certs=trusted(endpoint))
+                    opts=e.opcua, data_dir=data_dir, trusted_certs=trusted(endpoint),
+                    sent_path=data_dir / "edge" / e.node / "opcua-sent" / f"{quote(endpoint, safe='')}.json")
         for endpoint in endpoints
     ]
     readers += serial_readers(e.serial, streams, seqs, publish, batch_max_rows=e.batch_max_rows,

@@ -193,3 +193,33 @@ async def test_a_tag_that_fell_silent_during_a_cut_does_not_cut_the_gap_short(tm
     u_after = max(t for k, t in out.keys() if k == "u")
     assert any(k == "t" and t > u_after for k, t in lost)  # t lost readings after u's last one
     assert all(g.start_ns < t < g.end_ns for _, t in lost), (g, lost[:3], lost[-3:])
+
+
+_QUIET = _RESTART.split("[[faults]]")[0] + """
+[[faults]]
+kind = "dropout"
+target = "p/l/plc/u"
+at_s = 5
+duration_s = 1000
+"""
+
+
+async def test_a_restarted_reader_does_not_read_a_quiet_tags_last_sample_again(tmp_path):
+    """After a restart, a new subscription's first value of each tag is its current one: for u,
+    silent since 4 s, that is the sample the last run already spooled. With the record of samples
+    sent (``sent_path``) it is not emitted again. (Without the record both repeats below happen:
+    ``remember = False`` shows them.)"""
+    remember = True
+    sent_path = tmp_path / "opcua-sent" / "plc.json" if remember else None
+    opts = OpcUaClientConfig(security_policy="None")
+    first, again = Collected(), Collected()
+    async with SimulatedPlant(parse_scenario(_QUIET), seed=2, speed=10, processes=False) as plant:
+        url = plant.endpoints["opcua"][0]
+        await run_for(reader(url, first, opts=opts, sent_path=sent_path), plant, ticks=30, settle_s=1.2)
+        await run_for(reader(url, again, opts=opts, sent_path=sent_path), plant, ticks=10, settle_s=1.2)
+    u_last = max(t for k, t in first.keys() if k == "u")
+    assert u_last == _T0 + 4 * 10**9  # u fell silent after its sample at 4 s
+    repeated = sorted(set(first.keys()) & set(again.keys()))
+    # the plant paused between the two runs, so t's current value was also one already read
+    assert repeated == ([] if remember else [("t", _T0 + 29 * 10**9), ("u", u_last)])
+    assert len([t for k, t in again.keys() if k == "t"]) >= 10  # the busy tag is read as before
