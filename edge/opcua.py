@@ -191,6 +191,11 @@ class OpcUaReader(Reader):
         new subscription's first values end it), or None when nothing was read yet."""
         if self._lost is None or not any(self._last_ts):
             return None
+        return self._begin_resume()
+
+    def _begin_resume(self) -> list[int]:
+        """Before a new subscription: note each tag's first value from now on (``_take``) and
+        return the last times, where the outage's gap will start."""
         self._first_after = [0] * len(self._nodes)
         self._fresh.clear()
         self._resuming = True
@@ -481,10 +486,7 @@ class OpcUaReader(Reader):
     async def _on_reconnected(self, reused_session: bool) -> None:
         """Run by the reconnect supervisor on a new connection: subscribe afresh, then (in a task,
         once the first live values are in) backfill the outage and record the gaps."""
-        before = list(self._last_ts)
-        self._first_after = [0] * len(self._nodes)
-        self._fresh.clear()
-        self._resuming = True
+        before = self._begin_resume()
         if self._lost is None:
             refusal = self._client.take_refusal()
             self._lost = (time.time_ns(), f"connection to {self.endpoint} lost" + (f": {refusal}" if refusal else ""))
