@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +66,18 @@ _GONE_MID_OPEN = (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ua
                   ua.uaerrors.BadCommunicationError, ua.uaerrors.BadSecureChannelClosed,
                   ua.uaerrors.BadServerNotConnected, ua.uaerrors.BadTooManySessions)
 """What a server that went away, restarted or is overloaded answers after the connection was made."""
+
+
+@dataclass
+class _Outage:
+    """One outage, from the lost connection until its gap is recorded: kept across resumes that
+    break half-way (the one-hour soak lost ticks when a resume timed out after values flowed and
+    the next one took the outage's start afresh, after them). By node, as an interrupted open
+    browses again and handles may change."""
+
+    before: dict[ua.NodeId, int]  # each tag's last time when the connection was lost: the gap starts there
+    taken: dict[ua.NodeId, list[tuple[int, int]]] = field(default_factory=dict)  # live ranges of broken resumes
+    attempt: tuple[list[ua.NodeId], list[int]] | None = None  # the resume under way: nodes, first value of each
 
 
 def _load_sent(path: Path | None) -> dict[str, int]:
@@ -119,6 +132,7 @@ class OpcUaReader(Reader):
         self._sub_id: int | None = None
         self._lost: tuple[int, str] | None = None
         self._resuming = False
+        self._outage: _Outage | None = None
         self._first_after: list[int] = []
         self._fresh = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -144,7 +158,7 @@ class OpcUaReader(Reader):
         delivered values, that is an outage with its marker and gap like any other
         (``_resume_after_interrupted_open``). Refusals stay final."""
         delays = exponential_backoff(0.5, 2.0, 10.0)
-        resume: list[int] | None = None
+        resume = False
         while True:
             try:
                 await self._connect()
@@ -179,27 +193,43 @@ class OpcUaReader(Reader):
                 raise
         log.info("opcua.open endpoint=%s mode=%s security=%s/%s tags=%d limits=%s", self.endpoint, self.opts.mode,
                  self.opts.security_policy, self.opts.mode_name, len(self._nodes) - len(self._lot_scope), self.limits)
-        if resume is not None:
-            lost, self._lost = self._lost, None
-            self._spawn(self._finish_outage(resume, lost))
+        if resume:
+            self._spawn(self._finish_outage(*self._end_outage()))
         self._lost = None
 
-    def _resume_after_interrupted_open(self) -> list[int] | None:
+    def _resume_after_interrupted_open(self) -> bool:
         """An open that failed after its subscription had delivered values is an outage like any
         other: the soak found readings missing between the values of an interrupted first attempt
-        and those of the open that succeeded. Returns the last times to record its gap from (the
-        new subscription's first values end it), or None when nothing was read yet."""
+        and those of the open that succeeded. False when nothing was read yet."""
         if self._lost is None or not any(self._last_ts):
-            return None
-        return self._begin_resume()
+            return False
+        self._begin_resume()
+        return True
 
-    def _begin_resume(self) -> list[int]:
-        """Before a new subscription: note each tag's first value from now on (``_take``) and
-        return the last times, where the outage's gap will start."""
+    def _begin_resume(self) -> None:
+        """Before a new subscription: note each tag's first value from now on (``_take``). The
+        outage's start is taken once, at its first resume; a resume that broke after values
+        flowed leaves, per tag, the live range it took, which the history read must not repeat."""
+        last = dict(zip(self._nodes, self._last_ts, strict=True))
+        o = self._outage
+        if o is None:
+            o = self._outage = _Outage(before=last)
+        elif o.attempt is not None:
+            for node, first in zip(*o.attempt, strict=True):
+                if first and last.get(node, 0) >= first:
+                    o.taken.setdefault(node, []).append((first, last[node]))
         self._first_after = [0] * len(self._nodes)
+        o.attempt = (list(self._nodes), self._first_after)
         self._fresh.clear()
         self._resuming = True
-        return list(self._last_ts)
+
+    def _end_outage(self) -> tuple[list[int], list[list[tuple[int, int]]], tuple[int, str]]:
+        """The resume went through: per handle, where the gap starts and what broken resumes took;
+        and the outage's time and reason. A connection lost from now on is another outage."""
+        o, self._outage = self._outage, None
+        lost, self._lost = self._lost, None
+        assert o is not None and lost is not None
+        return ([o.before.get(n, 0) for n in self._nodes], [o.taken.get(n, []) for n in self._nodes], lost)
 
     async def _connect(self) -> None:
         o, c = self.opts, self._client
@@ -485,8 +515,9 @@ class OpcUaReader(Reader):
 
     async def _on_reconnected(self, reused_session: bool) -> None:
         """Run by the reconnect supervisor on a new connection: subscribe afresh, then (in a task,
-        once the first live values are in) backfill the outage and record the gaps."""
-        before = self._begin_resume()
+        once the first live values are in) backfill the outage and record the gaps. Raising (the
+        new connection broke too) sends the supervisor round again, with this outage kept."""
+        self._begin_resume()
         if self._lost is None:
             refusal = self._client.take_refusal()
             self._lost = (time.time_ns(), f"connection to {self.endpoint} lost" + (f": {refusal}" if refusal else ""))
@@ -502,10 +533,10 @@ class OpcUaReader(Reader):
             await self._subscribe()
         # This outage's start and reason go with its gap: a connection lost again before the gap is
         # recorded (a server that keeps misbehaving) is another outage, with its own reason.
-        lost, self._lost = self._lost, None
-        self._spawn(self._finish_outage(before, lost))
+        self._spawn(self._finish_outage(*self._end_outage()))
 
-    async def _finish_outage(self, before: list[int], lost: tuple[int, str]) -> None:
+    async def _finish_outage(self, before: list[int], taken: list[list[tuple[int, int]]],
+                             lost: tuple[int, str]) -> None:
         wait_s = max(2.0, 3 * max(self.publishing_interval_ms, self.opts.poll_interval_ms) / 1000)
         try:
             await asyncio.wait_for(self._fresh.wait(), wait_s)
@@ -520,15 +551,18 @@ class OpcUaReader(Reader):
         try:
             if self.opts.history_backfill:
                 try:
-                    backfilled, note = await self._backfill(before, first_after)
+                    backfilled, note = await self._backfill(before, first_after, taken)
                 except _LINK_ERRORS as exc:
                     note = f"; history backfill failed: {exc!r}"
         finally:
-            self._resuming = False
+            if self._first_after is first_after:  # not if another outage's resume began meanwhile
+                self._resuming = False
         self._record_gaps(before, first_after, backfilled, note, lost)
 
-    async def _backfill(self, before: list[int], first_after: list[int]) -> tuple[dict[int, int], str]:
-        """Read the outage back from the server's history; emit what it holds. Per source count."""
+    async def _backfill(self, before: list[int], first_after: list[int], taken: list[list[tuple[int, int]]]
+                        ) -> tuple[dict[int, int], str]:
+        """Read the outage back from the server's history; emit what it holds and was not read live
+        (after the resume, or by a resume that broke). Per source count."""
         tags = [h for h in range(len(self._nodes)) if self._stream_of[h] != _LOT and before[h]]
         if not tags:
             return {}, ""
@@ -547,7 +581,7 @@ class OpcUaReader(Reader):
             if stamp is None:
                 continue
             ts = _ns(stamp)
-            if ts <= before[h] or (first_after[h] and ts >= first_after[h]):
+            if ts <= before[h] or (first_after[h] and ts >= first_after[h]) or any(a <= ts <= b for a, b in taken[h]):
                 continue
             code = dv.StatusCode.value if dv.StatusCode is not None else 0
             v = dv.Value.Value if dv.Value is not None else None

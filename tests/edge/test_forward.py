@@ -25,7 +25,9 @@ def batch(i: int, n: int = 50):
 
 
 class Pipe:
-    def __init__(self, tmp_path, spool: Spool, *, resend_after_s: float = 5.0, drop_first_sends: int = 0) -> None:
+    def __init__(self, tmp_path, spool: Spool, *, resend_after_s: float = 60.0, drop_first_sends: int = 0) -> None:
+        # A long resend timeout by default: on a cold Numba cache ingest's first batch waits for the
+        # kernels to compile (~6 s here), which is not a lost send.
         cfg = load_config(None)
         self.facts: list = []
         self.ingest = Ingest(tmp_path / "data", cfg.detect, cfg.sink.model_copy(update={"flush_age_s": 0.1}),

@@ -223,3 +223,52 @@ async def test_a_restarted_reader_does_not_read_a_quiet_tags_last_sample_again(t
     # the plant paused between the two runs, so t's current value was also one already read
     assert repeated == ([] if remember else [("t", _T0 + 29 * 10**9), ("u", u_last)])
     assert len([t for k, t in again.keys() if k == "t"]) >= 10  # the busy tag is read as before
+
+
+@pytest.mark.parametrize("history", [True, False])
+async def test_a_resume_that_breaks_after_values_flowed_keeps_the_outages_start(monkeypatch, history):
+    """The one-hour soak: after a cut, the resume subscribed, took live values, then timed out; the
+    supervisor went round and the next resume took the outage's start afresh, after those values,
+    so the ticks of the cut were neither read back nor inside a gap. The outage now keeps its start
+    across resumes, and the history read skips what the broken resume already took."""
+    opts = OpcUaClientConfig(security_policy="None", backoff_initial_s=0.2, backoff_max_s=0.5,
+                             history_backfill=history)
+    out = Collected()
+    async with SimulatedPlant(load_scenario("demo"), seed=2, speed=10, processes=False) as plant:
+        proxy = CuttableProxy(plant._runners[0].server.port, free_port())
+        await proxy.restore()
+        r = reader(proxy.url, out, opts=opts, timeout_s=2)
+        real, calls = r._subscribe, []
+
+        async def resubscribe_then_time_out():
+            calls.append(r.notifications)
+            await real()
+            if len(calls) == 2:  # the first resume after the cut
+                for _ in range(200):
+                    if r.notifications > calls[-1] + 8:  # two ticks of live values taken
+                        break
+                    await asyncio.sleep(0.02)
+                raise TimeoutError  # its next request got no answer in time
+
+        monkeypatch.setattr(r, "_subscribe", resubscribe_then_time_out)
+        async with r:
+            stop = asyncio.Event()
+            task = asyncio.create_task(r.run(stop))
+            ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=60))
+            await asyncio.sleep(1.5)
+            await proxy.cut()  # the PLC keeps sampling; nothing reaches the reader for 2 s
+            await asyncio.sleep(2.0)
+            await proxy.restore()
+            await ticks
+            await finish(stop, task, lambda: out.gaps and not r._resuming, linger_s=0.5)
+        sent = _sent(plant)
+    assert len(calls) == 3 and r._client.reconnects >= 1  # the open, the broken resume, the one that held
+    got = out.keys()
+    assert len(got) == len(set(got)), "a sample was read twice"
+    (g,) = out.gaps
+    lost = [k for k in sent if k not in set(got)]
+    if history:
+        assert lost == [] and r.backfilled >= 4 * 10  # the 2 s cut at 10 ticks/s, 4 tags, read back
+    else:
+        assert lost, "the cut lost nothing: the test did not cut"
+        assert all(g.start_ns < t < g.end_ns for _, t in lost), (g.start_ns, g.end_ns, sorted(lost)[:8], len(lost))
