@@ -34,7 +34,7 @@ from qctrace.config import load_config
 from qctrace.errors import QctraceError
 from qctrace.faults import Ballast, FaultUnavailable, fill_disk, mount_tmpfs, umount
 from qctrace.ledger_ops import ensure_keys
-from qctrace.resources import ResourceSampler, bounded, process_tree
+from qctrace.resources import ResourceSampler, bounded, process_tree, save_samples
 from qctrace.topology import Stage, Topology, edge_configs, worker_configs, write_config
 
 RIG = "sim."
@@ -203,6 +203,7 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
                 if s.stop() != 0:
                     raise QctraceError(f"campaign: {s.name} did not stop cleanly (see {logs})")
             samples = sampler.stop()
+            save_samples(samples, work / "resources.jsonl")
             if len(samples) >= 8:
                 result.resources = bounded(samples)
         finally:

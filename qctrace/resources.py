@@ -17,6 +17,7 @@ Only ``/proc`` is read (Linux), so nothing beyond the standard library is needed
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
@@ -184,6 +185,14 @@ class ResourceSampler:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def save_samples(samples: list[Sample], path: Path) -> None:
+    """One JSON object per sample (time, metrics, PIDs per role), so a verdict can be looked into
+    afterwards: a role's memory per process lifetime, say, when it is restarted often."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for s in samples:
+            fh.write(json.dumps({"t": round(s.t, 3), "values": s.values, "pids": s.pids}) + "\n")
 
 
 @dataclass(frozen=True, slots=True)

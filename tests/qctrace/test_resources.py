@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import pytest
 
 from ingest.sink import ParquetSink
 from qctrace.errors import QctraceError
-from qctrace.resources import ResourceSampler, Sample, bounded, process_tree, report_lines
+from qctrace.resources import ResourceSampler, Sample, bounded, process_tree, report_lines, save_samples
 from qctrace.schema import batch_from_columns
 
 _LEAKS = """
@@ -36,7 +37,7 @@ def _child(code: str) -> subprocess.Popen:
     return proc
 
 
-def test_a_descriptor_leak_is_growing_a_steady_process_is_bounded_and_a_restart_is_followed():
+def test_a_descriptor_leak_is_growing_a_steady_process_is_bounded_and_a_restart_is_followed(tmp_path):
     leaky, steady = _child(_LEAKS), _child(_STEADY)
     current = {"leaky": leaky, "steady": steady}
     try:
@@ -63,6 +64,10 @@ def test_a_descriptor_leak_is_growing_a_steady_process_is_bounded_and_a_restart_
     assert any(line.strip().startswith("leaky.fds") and "GROWING" in line for line in lines)
     assert lines[-1] == "  resources: GROWING: leaky.fds"
     assert report_lines(list(verdict.values()), unjudged=("leaky.",))[-1] == "  resources: bounded"
+    save_samples(samples, tmp_path / "resources.jsonl")  # kept, to look into a verdict afterwards
+    saved = [json.loads(line) for line in (tmp_path / "resources.jsonl").read_text().splitlines()]
+    assert [s["values"] for s in saved] == [s.values for s in samples]
+    assert {tuple(s["pids"]["steady"]) for s in saved} == {(steady.pid,), (current["steady"].pid,)}
 
 
 def test_spool_bytes_and_parquet_files_come_from_the_directory_and_the_commit_record(tmp_path):
