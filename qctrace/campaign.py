@@ -39,6 +39,9 @@ from qctrace.topology import Stage, Topology, edge_configs, worker_configs, writ
 
 RIG = "sim."
 """Resource metrics of the test rig (the simulator), not of qctrace."""
+WARM_S = 60.0
+"""A process's memory is judged from its second minute on (``qctrace.resources``): before, it is
+still filling its allocator pools, and the campaign's kills would make young processes look lean."""
 
 FAULTS = ("kill_ingest", "kill_edge", "crash_broker", "fill_spool_disk", "restart_plc", "unplug_logger", "skew_clock")
 PROCESS_FAULTS = ("kill_ingest", "kill_edge", "crash_broker", "fill_spool_disk")
@@ -92,7 +95,8 @@ class CampaignResult:
         if self.resources:
             from qctrace.resources import report_lines
 
-            out += ["  resources (2nd quarter of the run against the last):",
+            out += [f"  resources (2nd quarter of the run against the last; memory of processes at least"
+                    f" {WARM_S:.0f} s old):",
                     *report_lines(self.resources, unjudged=(RIG,)),
                     f"  ({RIG}*: the simulator, the test rig, keeps its ground truth in memory: shown, not judged)"]
         if self.latency_ms:
@@ -162,7 +166,7 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
                 lambda: {s.name: s.proc.pid for s in top.stages if s.running}
                 | ({"sim": process_tree(top.sim.pid)} if top.sim else {}),
                 dirs={f"spool_{e.edge.node}": data / "edge" / e.edge.node / "spool" for e in ecfgs}, data_dir=data,
-                interval_s=max(1.0, duration_s / 120)).start()
+                interval_s=max(1.0, duration_s / 120), warm_s=WARM_S).start()
             started_wall = time.time()
             top.sim_command("start")
             t0 = time.monotonic()

@@ -12,6 +12,12 @@ metric whose median grew by more than ``growth`` (25 %) plus a small absolute sl
 Medians, not peaks: a spool that fills during one injected fault and drains again is bounded; a
 descriptor leaked per request shows in every later sample.
 
+Memory of a process the campaign restarts: a process's resident set grows for its first minutes
+(allocator pools fill to its working set, then level off), so a quarter that happened to hold
+more young processes than another looks smaller, and the comparison measured the kill schedule,
+not a leak (the soaks' ingest workers, killed every two minutes or so). With ``warm_s`` a role's
+memory is sampled only while every process of it is at least that old; its descriptors always.
+
 Only ``/proc`` is read (Linux), so nothing beyond the standard library is needed.
 """
 
@@ -46,6 +52,7 @@ class Sample:
     t: float  # seconds since the sampler started
     values: dict[str, float]  # metric -> value; a metric that could not be read this time is absent
     pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    ages: dict[str, float] = field(default_factory=dict)  # role -> seconds since its youngest process started
 
 
 def rss_bytes(pid: int) -> int:
@@ -60,6 +67,16 @@ def rss_bytes(pid: int) -> int:
 def open_fds(pid: int) -> int:
     """Open file descriptors of a process (raises OSError when it is gone)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def process_age_s(pid: int) -> float:
+    """Seconds since a process started (raises OSError when it is gone)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        stat = fh.read()
+    started_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, after the (name)
+    with open("/proc/uptime", encoding="ascii") as fh:
+        uptime = float(fh.read().split()[0])
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -123,10 +140,12 @@ class ResourceSampler:
     """Samples in a daemon thread from ``start()`` to ``stop()`` (or as a context manager)."""
 
     def __init__(self, pids: PidsByRole, *, dirs: Mapping[str, Path] | None = None, data_dir: Path | None = None,
-                 interval_s: float = 5.0) -> None:
+                 interval_s: float = 5.0, warm_s: float = 0.0) -> None:
         """``dirs`` are measured by size (``{"spool": .../spool}``); ``data_dir`` is a qctrace data
-        directory whose Parquet files are counted."""
+        directory whose Parquet files are counted; a role's memory is sampled only while all its
+        processes are ``warm_s`` old (see the module docstring)."""
         self.pids = pids
+        self.warm_s = warm_s
         self.dirs = dict(dirs or {})
         self.data_dir = data_dir
         self.interval_s = interval_s
@@ -139,21 +158,26 @@ class ResourceSampler:
     def sample_once(self) -> Sample:
         values: dict[str, float] = {}
         pids: dict[str, tuple[int, ...]] = {}
+        ages: dict[str, float] = {}
         for role, found in self.pids().items():
             if found is None:
                 continue
             group = (found,) if isinstance(found, int) else tuple(found)
             pids[role] = group
             try:
-                values[f"{role}.rss_bytes"] = float(sum(rss_bytes(p) for p in group))
+                ages[role] = min(process_age_s(p) for p in group)
+                rss = float(sum(rss_bytes(p) for p in group))
                 values[f"{role}.fds"] = float(sum(open_fds(p) for p in group))
             except OSError:  # exited between the lookup and the read: no value for this sample
-                values.pop(f"{role}.rss_bytes", None)
+                ages.pop(role, None)
+                continue
+            if ages[role] >= self.warm_s:
+                values[f"{role}.rss_bytes"] = rss
         for name, path in self.dirs.items():
             values[f"{name}.dir_bytes"] = float(dir_bytes(path))
         if self.data_dir is not None:
             values.update(parquet_counts(self.data_dir))
-        sample = Sample(time.monotonic() - self._t0, values, pids)
+        sample = Sample(time.monotonic() - self._t0, values, pids, ages)
         with self._lock:
             self.samples.append(sample)
         return sample
@@ -192,7 +216,8 @@ def save_samples(samples: list[Sample], path: Path) -> None:
     afterwards: a role's memory per process lifetime, say, when it is restarted often."""
     with open(path, "w", encoding="utf-8") as fh:
         for s in samples:
-            fh.write(json.dumps({"t": round(s.t, 3), "values": s.values, "pids": s.pids}) + "\n")
+            fh.write(json.dumps({"t": round(s.t, 3), "values": s.values, "pids": s.pids,
+                                 "ages": {k: round(v, 1) for k, v in s.ages.items()}}) + "\n")
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,30 @@ def test_a_descriptor_leak_is_growing_a_steady_process_is_bounded_and_a_restart_
     assert {tuple(s["pids"]["steady"]) for s in saved} == {(steady.pid,), (current["steady"].pid,)}
 
 
+def test_memory_is_sampled_only_once_a_restarted_process_is_past_its_warm_up():
+    """A young process is still filling its allocator pools: a quarter of the run full of them is
+    not evidence either way, so their memory is left out; descriptors are sampled throughout."""
+    current = _child(_STEADY)
+    try:
+        sampler = ResourceSampler(lambda: {"steady": current.pid}, interval_s=0.05, warm_s=0.6).start()
+        time.sleep(1.0)
+        current.kill()
+        current.wait()
+        current = _child(_STEADY)
+        time.sleep(1.0)
+        samples = sampler.stop()
+    finally:
+        current.kill()
+        current.wait()
+    ages = [s.ages["steady"] for s in samples if "steady" in s.ages]
+    assert min(ages) < 0.6 < max(ages) < 10  # the restarted child's age starts again from zero
+    for s in samples:
+        if "steady" in s.ages:
+            assert ("steady.rss_bytes" in s.values) == (s.ages["steady"] >= 0.6), s
+            assert "steady.fds" in s.values
+    assert sum("steady.rss_bytes" in s.values for s in samples) >= 5
+
+
 def test_spool_bytes_and_parquet_files_come_from_the_directory_and_the_commit_record(tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
