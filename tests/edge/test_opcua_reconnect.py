@@ -44,6 +44,21 @@ def _sent(plant) -> list[tuple[str, int]]:
     return keys_of(plant._runners[0].truth)
 
 
+async def _run_with_a_cut(r, plant, proxy: CuttableProxy, ticks: int, until, *, before_s: float = 1.5,
+                          cut_s: float = 2.0, linger_s: float = 0.3) -> None:
+    """Run the open reader while the plant ticks; cut its link after ``before_s`` for ``cut_s`` (the
+    PLC keeps sampling, nothing reaches the reader), then finish once ``until()`` holds."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.run(stop))
+    ticking = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=ticks))
+    await asyncio.sleep(before_s)
+    await proxy.cut()
+    await asyncio.sleep(cut_s)
+    await proxy.restore()
+    await ticking
+    await finish(stop, task, until, linger_s=linger_s)
+
+
 async def test_a_plc_restarted_mid_subscription_is_a_gap_and_nothing_after_the_restart_is_lost(tmp_path):
     sec = ServerSecurity(encrypted=True, allow_none=False, cert_dir=tmp_path / "srv", publish_dir=tmp_path / "pub")
     opts = OpcUaClientConfig(pki_dir=tmp_path / "pki", trust_dir=tmp_path / "pub", backoff_initial_s=0.2,
@@ -106,16 +121,8 @@ async def test_a_network_cut_is_backfilled_from_the_plc_history(tmp_path, monkey
                     return await real_create(params)
 
                 monkeypatch.setattr(session, "create_monitored_items", slow_create)
-            stop = asyncio.Event()
-            task = asyncio.create_task(r.run(stop))
-            ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=50))
-            await asyncio.sleep(1.5)
-            await proxy.cut()  # the PLC keeps sampling; nothing reaches the reader for 2 s
-            await asyncio.sleep(2.0)
-            await proxy.restore()
-            await ticks
-            await finish(stop, task, lambda: len(out.ts()) + len(r.builder) >= plant.produced()["plant1/line1/plc1"]
-                         and not r._resuming)
+            await _run_with_a_cut(r, plant, proxy, 50, lambda: len(out.ts()) + len(r.builder)
+                                  >= plant.produced()["plant1/line1/plc1"] and not r._resuming)
         sent = _sent(plant)
     assert r._client.reconnects >= 1
     got = out.keys()
@@ -176,15 +183,8 @@ async def test_a_tag_that_fell_silent_during_a_cut_does_not_cut_the_gap_short(tm
         await proxy.restore()
         r = reader(proxy.url, out, opts=opts, timeout_s=1)
         async with r:
-            stop = asyncio.Event()
-            task = asyncio.create_task(r.run(stop))
-            ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=60))
-            await asyncio.sleep(1.0)
-            await proxy.cut()
-            await asyncio.sleep(3.0)
-            await proxy.restore()
-            await ticks
-            await finish(stop, task, lambda: out.gaps and not r._resuming, linger_s=0.5)
+            await _run_with_a_cut(r, plant, proxy, 60, lambda: out.gaps and not r._resuming, before_s=1.0, cut_s=3.0,
+                                  linger_s=0.5)
         sent = _sent(plant)
     got = set(out.keys())
     (g,) = out.gaps
@@ -252,15 +252,7 @@ async def test_a_resume_that_breaks_after_values_flowed_keeps_the_outages_start(
 
         monkeypatch.setattr(r, "_subscribe", resubscribe_then_time_out)
         async with r:
-            stop = asyncio.Event()
-            task = asyncio.create_task(r.run(stop))
-            ticks = asyncio.create_task(plant.run_ticks(asyncio.Event(), max_ticks=60))
-            await asyncio.sleep(1.5)
-            await proxy.cut()  # the PLC keeps sampling; nothing reaches the reader for 2 s
-            await asyncio.sleep(2.0)
-            await proxy.restore()
-            await ticks
-            await finish(stop, task, lambda: out.gaps and not r._resuming, linger_s=0.5)
+            await _run_with_a_cut(r, plant, proxy, 60, lambda: out.gaps and not r._resuming, linger_s=0.5)
         sent = _sent(plant)
     assert len(calls) == 3 and r._client.reconnects >= 1  # the open, the broken resume, the one that held
     got = out.keys()
