@@ -434,8 +434,9 @@ class OpcUaReader(Reader):
             return
         if self._prior and self._prior[h]:
             prior, self._prior[h] = self._prior[h], 0
-            if prior == ts:
-                return  # a tag unchanged since the last run spooled this sample: its first value now
+            if prior == ts:  # a tag unchanged since the last run spooled this sample: its first value now
+                self._last_ts[h] = ts  # and after a re-subscribe too (the soak wrote one such sample 5 times)
+                return
         if self._resuming and not self._first_after[h]:
             self._first_after[h] = ts
         self._last_ts[h] = ts
@@ -604,23 +605,30 @@ class OpcUaReader(Reader):
         """One gap per source of this server, the reason saying how many readings the server's
         history gave back. It spans every tag's outage: from the earliest last reading before it to
         the latest first reading after it (a tag silent for a while brings an old sample as its
-        first value after a re-subscribe, and must not cut the others' outage short)."""
+        first value after a re-subscribe, and must not cut the others' outage short). A device
+        clock set back during the outage puts first readings before the last ones: the gap is then
+        the union of both ends (a soak lost 24 ticks to a gap cut down to zero length), each the
+        source time of a real reading, as the forwarder's restart gap does."""
         lost_at, reason = lost
         st = self.builder.streams
-        spans: dict[int, tuple[int, int]] = {}
+        spans: dict[int, tuple[int, int, int]] = {}  # source -> earliest end, latest end, earliest before
         for h, stream in enumerate(self._stream_of):
             if stream == _LOT:
                 continue
             src = st.source_of[stream]
-            s, e = spans.get(src, (0, 0))
-            b, first = before[h], first_after[h]
-            spans[src] = (min(s, b) if s and b else (s or b), max(e, first))
-        for src, (s, e) in sorted(spans.items(), key=lambda kv: st.sources[kv[0]]):
-            start = s or lost_at
-            end = max(e or self._last_ts_of(src) or start, start)
+            lo, hi, b0 = spans.get(src, (0, 0, 0))
+            for t in (before[h], first_after[h]):
+                if t:
+                    lo, hi = (min(lo, t) if lo else t), max(hi, t)
+            spans[src] = (lo, hi, min(b0, before[h]) if b0 and before[h] else (b0 or before[h]))
+        for src, (lo, hi, b0) in sorted(spans.items(), key=lambda kv: st.sources[kv[0]]):
+            start = lo or lost_at
+            end = max(hi or self._last_ts_of(src) or start, start)
+            went_back = " (the source's first time after the outage is earlier than its last before it)" \
+                if b0 and lo < b0 else ""
             self.pending_gaps.append(Gap(st.sources[src], start, end,
                                          f"{reason}; {backfilled.get(src, 0)} readings backfilled from the server's"
-                                         f" history{note}"))
+                                         f" history{note}{went_back}"))
             self.pending_gaps.append(Outage(st.sources[src], start, closed=True))  # once the gap is spooled
         log.warning("opcua.resumed endpoint=%s gaps=%d backfilled=%d", self.endpoint, len(spans),
                     sum(backfilled.values()))

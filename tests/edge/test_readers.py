@@ -258,3 +258,31 @@ async def test_a_server_restart_becomes_one_gap_record_and_data_resumes():
     # Everything sent is either received or inside the recorded gap; readings resumed after it.
     assert all(t in got or g.start_ns < t < g.end_ns for t in sent)
     assert max(got) >= start + 20 * 10**9
+
+
+def test_an_outage_across_which_the_device_clock_went_back_is_one_gap_over_both_ends():
+    """The one-hour soak: a PLC's clock was set a day back while its connection was down, so the
+    first readings after the outage were stamped before the last one before it; the gap was cut
+    to zero length and 24 ticks were lost without a record. The gap is now the union of both ends,
+    each a real reading's source time (what the campaign's oracle maps to the plant's ticks)."""
+    from asyncua import ua
+
+    from qctrace.schema import Gap, Outage
+
+    streams = StreamTable()
+    r = OpcUaReader("opc.tcp://127.0.0.1:9/none/", BatchBuilder(streams, SeqAllocator(None)), lambda b: None,
+                    opts=_CLEAR)
+    r._nodes = [ua.NodeId(1, 2), ua.NodeId(2, 2)]
+    r._stream_of = [streams.add("p", "l", "plc", "t"), streams.add("p", "l", "plc", "u")]
+    day, t229 = 86_400 * 10**9, 1_793_837_229 * 10**9
+    r._last_ts = [t229, t229 - 10**9]
+    r._record_gaps([t229, t229 - 10**9], [t229 + 25 * 10**9 - day, t229 + 25 * 10**9 - day], {}, "",
+                   (t229 + 2 * 10**9, "connection lost"))
+    gap, closed = r.pending_gaps
+    assert isinstance(gap, Gap) and isinstance(closed, Outage) and closed.closed
+    assert (gap.start_ns, gap.end_ns) == (t229 + 25 * 10**9 - day, t229)
+    assert "earlier than its last before it" in gap.reason
+    r._record_gaps([t229, t229 - 10**9], [t229 + 3 * 10**9, t229 + 4 * 10**9], {}, "", (t229, "connection lost"))
+    later = r.pending_gaps[2]
+    assert (later.start_ns, later.end_ns) == (t229 - 10**9, t229 + 4 * 10**9)  # as before: earliest to latest
+    assert "earlier" not in later.reason
