@@ -859,8 +859,9 @@ def campaign(duration: float, seeds: str, faults: str, scenario: str, speed: flo
     restarts them (and crashes the broker) at random instants; then compares, per source, what the
     simulator sent with Parquet and verifies the ledger. Prints one table per seed; exit code 1 if
     any reading is missing without a gap record, written twice (the same seq, or the same sample
-    under two seqs), the ledger does not verify, or (runs of 10 minutes or more) a process's
-    memory or descriptors, a spool or the Parquet file count keeps growing.
+    under two seqs), the ledger does not verify, or (runs of 10 minutes or more) an edge's or
+    the ingest workers' memory (judged together: roles move between them), a process's
+    descriptors, a spool or the Parquet file count keeps growing.
     """
     from qctrace.campaign import run_campaign
 

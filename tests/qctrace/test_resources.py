@@ -148,3 +148,24 @@ def test_the_verdict_allows_noise_and_slack_but_not_steady_growth():
 def test_too_few_samples_for_a_verdict_is_said_clearly():
     with pytest.raises(QctraceError, match=r"3 samples are too few .*at least 8"):
         bounded(_series([1.0, 2.0, 3.0]))
+
+
+def test_a_campaign_judges_the_workers_memory_as_one_tier_and_each_workers_descriptors():
+    """The one-hour soak's 'growing' worker was the one that had taken over compaction from the
+    other: the tier's memory was flat (about 1.0 GiB in both quarters). A worker's memory is shown,
+    the tier's judged; a tier that grows, or one worker's descriptors, still fail the run."""
+    from qctrace.campaign import CampaignResult
+    from qctrace.resources import MetricVerdict
+
+    def v(metric, ok):
+        return MetricVerdict(metric, 1.0, 1.0, 1.0, 1.0, 2.0 if not ok else 1.0, 1.5, ok)
+
+    base = CampaignResult(1, 3600, workers=2, check_resources=True, ledger_verified=True)
+    base.resources = [v("ingest-w1.rss_bytes", True), v("ingest-w2.rss_bytes", False), v("ingest.rss_bytes", True),
+                      v("ingest-w2.fds", True), v("sim.rss_bytes", False)]
+    assert base.ok and "resources: bounded" in "\n".join(base.lines())
+    base.resources[2] = v("ingest.rss_bytes", False)
+    assert not base.ok and "GROWING: ingest.rss_bytes" in "\n".join(base.lines())
+    base.resources[2] = v("ingest.rss_bytes", True)
+    base.resources[3] = v("ingest-w2.fds", False)
+    assert not base.ok
