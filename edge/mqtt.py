@@ -98,7 +98,7 @@ def _client(cfg: MqttConfig, client_id: str, state_topic: str, *, manual_ack: bo
                   certfile=str(cfg.cert_file) if cfg.cert_file else None,
                   keyfile=str(cfg.key_file) if cfg.key_file else None)
     c.will_set(state_topic, json.dumps({"state": "offline", "reason": "connection lost"}), qos=1, retain=True)
-    c.reconnect_delay_set(min_delay=1, max_delay=30)
+    c.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
     c.max_inflight_messages_set(64)
     c.max_queued_messages_set(0)
     return c
@@ -127,6 +127,7 @@ class _Connection:
         self.refused: str | None = None
         self._refused = asyncio.Event()  # a refusal (bad password, not authorised) ends start() at once
         self.connects = 0
+        self.on_reconnect: Callable[[], None] | None = None  # called on the event loop after a reconnect
         self.client = _client(cfg, client_id, state_topic, manual_ack=manual_ack)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -142,6 +143,8 @@ class _Connection:
             self.loop.call_soon_threadsafe(self._refused.set)
             return
         self.connects += 1
+        if self.connects > 1 and self.on_reconnect is not None:
+            self.loop.call_soon_threadsafe(self.on_reconnect)
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         client.publish(self.state_topic, json.dumps({"state": "online", "since": time.time()}), qos=1, retain=True)
@@ -216,8 +219,16 @@ class MqttLink(Link):
         self._conn = _Connection(self.cfg, f"qctrace-edge-{self.node}", f"{self.cfg.prefix}/_edge/{self.node}/state",
                                  [f"{self.cfg.prefix}/_ack/{self.node}", f"{self.cfg.prefix}/_ingest/+/state"],
                                  self._on_message)
+        self._conn.on_reconnect = self._reconnected
         await self._conn.start()
         return self
+
+    def _reconnected(self) -> None:
+        # A broker that went away (killed, restarted, failed over) may have taken what it had
+        # accepted and not yet delivered: resend what is in flight now, not after the resend
+        # timeout. Ingest drops whatever it already had by (source, seq).
+        if self.on_link_restored is not None:
+            self.on_link_restored()
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("/state"):

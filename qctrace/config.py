@@ -383,10 +383,18 @@ class MqttConfig(_LogsIn):
     session_expiry_s: Annotated[int, Field(ge=0)] = 3600
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 64
     """Messages a worker may hold unacknowledged: ingest's flow control toward the broker."""
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.1
+    """First wait before reconnecting to a broker that went away; doubles on each failure up to
+    ``reconnect_max_s`` and starts again after a connection. A restarted broker is usually back
+    within a second: a first wait of 1 s (paho's default) and then 2 s would leave every reading
+    of those seconds waiting, where a few tries a second cost the broker nothing."""
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
 
 
     @model_validator(mode="after")
     def _check_tls(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
         if not self.tls and (self.ca_file or self.cert_file):

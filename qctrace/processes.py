@@ -168,10 +168,13 @@ async def run_edge(cfg: Config, say: Say = lambda s: None, stop: asyncio.Event |
 
 
 async def share_nodes(ingest: Ingest, leases: Leases, source: MqttSource, worker: str, stop: asyncio.Event,
-                      every_s: float = 1.0, drain_s: float = 0.3) -> None:
+                      every_s: float = 0.25, drain_s: float = 0.3) -> None:
     """Keep holding exactly this worker's share of the edge nodes (``ingest.leases``): give up
     nodes another worker should have (stop reading, commit, then free the lease), take the ones
-    that are ours once their lease is free."""
+    that are ours once their lease is free.
+
+    Checked every ``every_s``: a dead worker's nodes wait that long for a new holder while their
+    edges spool, and a check is one directory listing and a non-blocking ``flock`` per worker."""
     while not stop.is_set():
         workers = live_workers(ingest.sink.state_dir, worker)
         mine = {n for n, w in assign(source.nodes, workers).items() if w == worker}

@@ -125,6 +125,43 @@ async def test_broker_killed_and_restarted_while_publishing_loses_and_doubles_no
     assert dupes >= 0  # resends may or may not have raced the outage; either way none was written twice
 
 
+async def test_a_crashed_broker_is_rejoined_within_its_first_retries_and_the_edge_resends_at_once(tmp_path, broker):
+    """After a broker crash the edge reconnects within a few of its short first retries and
+    resends what was in flight then, without waiting ``resend_after_s`` (here ten minutes): a
+    crashed broker may have dropped what it had accepted, and the commit acknowledgements of
+    what ingest committed meanwhile were lost with it. Nothing in this test announces an ingest
+    worker, so only the link's own reconnect can have started the resend."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    link = await MqttLink(MqttConfig(port=broker.port, keepalive_s=5), "e1").start()
+    fwd = Forwarder("e1", spool, link, resend_after_s=600.0)
+    restored: list[float] = []
+    link.on_link_restored = lambda: (restored.append(time.monotonic()), fwd.resend_now())
+    stop = asyncio.Event()
+    task = asyncio.create_task(fwd.run(stop, linger_s=0.0))
+    try:
+        for i in range(3):
+            await fwd.publish(batch(i))  # nobody consumes: all three stay in flight, unacknowledged
+        while fwd.stats.sent < 3:
+            await asyncio.sleep(0.02)
+        assert not restored, "the first connection is not a reconnect"
+        broker.stop(hard=True)
+        await asyncio.sleep(1.2)  # paho's default retries (at 1 s, then 3 s) would come 1.7 s after it is back
+        broker.start()
+        back = time.monotonic()
+        while not restored and time.monotonic() - back < 10:
+            await asyncio.sleep(0.02)
+        assert restored, "the link never reconnected"
+        assert restored[0] - back < 1.0, f"reconnected {restored[0] - back:.2f} s after the broker was back"
+        while fwd.stats.resent < 3 and time.monotonic() - back < 10:
+            await asyncio.sleep(0.02)
+        assert fwd.stats.resent == 3, "what was in flight went again at once, not after resend_after_s"
+    finally:
+        stop.set()
+        await task
+        await link.close()
+        spool.close()
+
+
 async def test_a_slow_worker_behind_a_tiny_broker_queue_loses_nothing(tmp_path):
     """Mosquitto drops QoS 1 messages for a slow subscriber once its queue is full (here 5
     messages; the default is 1000). The spool keeps each payload until ingest's commit

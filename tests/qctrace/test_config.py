@@ -53,3 +53,10 @@ def test_missing_file_says_so(tmp_path):
 def test_overrides_are_validated_too():
     with pytest.raises(ConfigError, match=r"plant\.speed"):
         load_config(None).with_overrides(**{"plant.speed": -1})
+
+
+def test_an_mqtt_reconnect_cap_below_its_first_wait_is_refused(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[mqtt]\nreconnect_min_s = 5\nreconnect_max_s = 1\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: .*reconnect_max_s must be at least reconnect_min_s"):
+        load_config(p)
