@@ -451,8 +451,24 @@ def _per_source(table: pa.Table) -> dict[str, int]:
 
 
 def serve_dashboard(data_dir: Path, port: int, address: str = "localhost", config_path: Path | None = None) -> None:
-    """Run the dashboard in the foreground until Ctrl-C."""
+    """Run the dashboard in the foreground until Ctrl-C or SIGTERM.
+
+    Streamlit runs as a child process. SIGTERM (a service manager stopping us, a test's teardown)
+    is passed on to it: left to the default handler, this process died at once and the
+    Streamlit server went on serving, orphaned, holding its port."""
     import subprocess
 
-    with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(_dashboard_cmd(data_dir, port, address, config_path), check=False)
+    child = subprocess.Popen(_dashboard_cmd(data_dir, port, address, config_path))
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()

@@ -9,7 +9,10 @@ show it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,11 +61,27 @@ def dashboard_url(demo_dir: Path) -> Iterator[str]:
             time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
+        proc.terminate()  # as a service manager stops it: SIGTERM to `qctrace dashboard` alone
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        # ...must stop its Streamlit server too (it used to live on, orphaned, holding the port).
+        deadline = time.monotonic() + 15
+        while _answers(url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        orphaned = _answers(url)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session, before failing
+        assert not orphaned, "the Streamlit server outlived `qctrace dashboard` after SIGTERM"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
