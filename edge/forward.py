@@ -51,8 +51,10 @@ class Link(abc.ABC):
     """The next hop toward ingest: sends payloads, delivers commit acknowledgements to ``on_ack``."""
 
     on_ack: Callable[[Iterable[int]], None] | None = None  # set by the forwarder; called on the event loop
-    on_peer_online: Callable[[], None] | None = None  # an ingest worker (re)started
-    on_link_restored: Callable[[], None] | None = None  # the link reconnected: what was in flight may be lost
+    on_inflight_lost: Callable[[], None] | None = None
+    """What is in flight may never be acknowledged (an ingest worker restarted, or the link itself
+    reconnected to a broker that may have dropped it): send it all again now, not after the
+    resend timeout. Called on the event loop; set by the forwarder."""
 
     @abc.abstractmethod
     async def send(self, payload: bytes, topic_hint: str) -> None:
@@ -117,8 +119,7 @@ class Forwarder:
         self._hints: dict[int, str] = {}
         self._pending_markers: list[Gap] = []
         link.on_ack = self.acked
-        link.on_peer_online = self.resend_now
-        link.on_link_restored = self.resend_now
+        link.on_inflight_lost = self.resend_now
         spool.on_drop = self._dropped
         self._unsent = list(spool.pending())  # after a restart: everything still spooled goes again
         self._last_ts: dict[str, int] = _load_last_ts(self._last_ts_path)

@@ -219,16 +219,15 @@ class MqttLink(Link):
         self._conn = _Connection(self.cfg, f"qctrace-edge-{self.node}", f"{self.cfg.prefix}/_edge/{self.node}/state",
                                  [f"{self.cfg.prefix}/_ack/{self.node}", f"{self.cfg.prefix}/_ingest/+/state"],
                                  self._on_message)
-        self._conn.on_reconnect = self._reconnected
+        # A broker that went away (killed, restarted, failed over) may have taken what it had
+        # accepted and not yet delivered, and the acknowledgements sent meanwhile.
+        self._conn.on_reconnect = self._inflight_lost
         await self._conn.start()
         return self
 
-    def _reconnected(self) -> None:
-        # A broker that went away (killed, restarted, failed over) may have taken what it had
-        # accepted and not yet delivered: resend what is in flight now, not after the resend
-        # timeout. Ingest drops whatever it already had by (source, seq).
-        if self.on_link_restored is not None:
-            self.on_link_restored()
+    def _inflight_lost(self) -> None:
+        if self.on_inflight_lost is not None:
+            self.on_inflight_lost()
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("/state"):
@@ -238,9 +237,8 @@ class MqttLink(Link):
             # acknowledged, so send everything in flight again now instead of after the timeout.
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 state = json.loads(msg.payload)
-                if state.get("state") == "online" and self.node in state.get("nodes", [self.node]) \
-                        and self.on_peer_online is not None:
-                    self._conn.loop.call_soon_threadsafe(self.on_peer_online)
+                if state.get("state") == "online" and self.node in state.get("nodes", [self.node]):
+                    self._conn.loop.call_soon_threadsafe(self._inflight_lost)
             return
         try:
             rids = [int(r) for r in json.loads(msg.payload)]

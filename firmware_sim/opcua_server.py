@@ -67,6 +67,7 @@ def share_written_datavalues() -> None:
     monitored items of its own."""
     MonitoredItemValues.set_current_datavalue = _keep_datavalue_uncopied
 
+
 # The Unit of the UNECE table used by EUInformation.UnitId, for the units our scenarios use.
 _UNECE = {"g": ("GRM", "gram"), "degC": ("CEL", "degree Celsius"), "N.m": ("NU", "newton metre"),
           "bar": ("BAR", "bar"), "units/min": ("C62", "one"), "%RH": ("P1", "percent"), "V": ("VLT", "volt"),

@@ -392,9 +392,13 @@ class MqttConfig(_LogsIn):
 
 
     @model_validator(mode="after")
-    def _check_tls(self) -> MqttConfig:
+    def _check_reconnect(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> MqttConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
         if not self.tls and (self.ca_file or self.cert_file):

@@ -135,7 +135,7 @@ async def test_a_crashed_broker_is_rejoined_within_its_first_retries_and_the_edg
     link = await MqttLink(MqttConfig(port=broker.port, keepalive_s=5), "e1").start()
     fwd = Forwarder("e1", spool, link, resend_after_s=600.0)
     restored: list[float] = []
-    link.on_link_restored = lambda: (restored.append(time.monotonic()), fwd.resend_now())
+    link.on_inflight_lost = lambda: (restored.append(time.monotonic()), fwd.resend_now())
     stop = asyncio.Event()
     task = asyncio.create_task(fwd.run(stop, linger_s=0.0))
     try:
