@@ -103,6 +103,7 @@ class ModbusLogger:
         self._signals = {(u.unit_id, r.table, r.address): _Signal(seed, u.unit_id, r)
                          for u in units for r in u.registers}
         self.served: list[Served] = []
+        self._unplug_after_answer = False
         self.requests = 0
         self._garble = 0
         self._mute: dict[int | None, int] = {}
@@ -125,8 +126,16 @@ class ModbusLogger:
         that is busy or off the bus: the reader times out."""
         self._mute[unit_id] = self._mute.get(unit_id, 0) + n
 
-    def unplug(self) -> None:
-        """The USB adapter is pulled: the reader's pty goes away (EIO), its link too."""
+    def unplug(self, after_next_answer: bool = False) -> None:
+        """The USB adapter is pulled: the reader's pty goes away (EIO), its link too.
+
+        ``after_next_answer`` pulls it just after the next answer went on the line, before the
+        reader could read it: the answer was sent (``served`` says delivered) and is lost with the
+        pty, the race a real unplug loses now and then.
+        """
+        if after_next_answer:
+            self._unplug_after_answer = True
+            return
         self._unwatch(self.line.fileno())
         self.line.disconnect()
 
@@ -196,6 +205,9 @@ class ModbusLogger:
                 self.served[-1] = _undelivered(self.served[-1])
         if not self.line.send(data) and self.served:
             self.served[-1] = _undelivered(self.served[-1])
+        if self._unplug_after_answer:
+            self._unplug_after_answer = False
+            self.unplug()
 
     # ------------------------------------------------------------ the registers
 

@@ -71,14 +71,14 @@ class _Collect:
                 if d == device and s == sensor and q == quality]
 
 
-def _served_values(dev: ModbusLogger, unit: ModbusUnit, reg: ModbusRegister) -> list[float]:
-    """What the device really put on the line for one register and that reached the reader."""
+def _served_values(dev: ModbusLogger, unit: ModbusUnit, reg: ModbusRegister) -> list[tuple[int, float]]:
+    """What the device really put on the line for one register and that reached the line: (time, value)."""
     out = []
     for s in dev.served:
         if s.delivered and s.unit_id == unit.unit_id and s.table == reg.table and \
                 s.address <= reg.address < s.address + len(s.registers):
             off = reg.address - s.address
-            out.append(decode(s.registers[off:off + reg.width], reg))
+            out.append((s.time_ns, decode(s.registers[off:off + reg.width], reg)))
     return out
 
 
@@ -98,9 +98,35 @@ def _assert_exactly_what_was_served(out: _Collect, dev: ModbusLogger, units=DEFA
     for unit in units:
         for reg in unit.registers:
             got = out.values(unit.device, reg.sensor)
-            want = _served_values(dev, unit, reg)
+            want = [v for _, v in _served_values(dev, unit, reg)]
             assert len(got) == len(want) > 0, (unit.device, reg.sensor)
             assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def _assert_served_was_read_or_is_in_a_gap(out: _Collect, dev: ModbusLogger, gaps: list[Gap],
+                                            units=DEFAULT_UNITS) -> int:
+    """The campaign's oracle: every value served is read, in order, unless its gap covers it.
+
+    An answer the line accepted just before the unplug can die in the pty with it: the device
+    sent it, the reader never got it. That loss is honest only inside the unit's gap record.
+    Returns how many answers went unread.
+    """
+    unread: set[int] = set()
+    for unit in units:
+        windows = [(g.start_ns, g.end_ns) for g in gaps if g.source.endswith("/" + unit.device)]
+        for reg in unit.registers:
+            got = out.values(unit.device, reg.sensor)
+            i = skipped = 0
+            for t, v in _served_values(dev, unit, reg):
+                if i < len(got) and got[i] == pytest.approx(v, rel=1e-6, abs=1e-9):
+                    i += 1
+                    continue
+                assert any(lo < t < hi for lo, hi in windows), (unit.device, reg.sensor, "served, unread, no gap", t)
+                skipped += 1
+                unread.add(t)
+            assert i == len(got) > 0, (unit.device, reg.sensor, "read but never served", got[i:])
+            assert skipped <= 1, (unit.device, reg.sensor, skipped)  # one answer at most was on the wire
+    return len(unread)
 
 
 async def test_every_value_served_over_rtu_is_read_decoded_and_scaled(tmp_path):
@@ -166,7 +192,7 @@ async def test_an_unplugged_adapter_is_reopened_with_backoff_one_gap_per_unit_an
             stop = asyncio.Event()
             task = asyncio.create_task(reader.run(stop))
             await _until(lambda: reader.polls >= 5)
-            dev.unplug()
+            dev.unplug(after_next_answer=True)  # one answer is on the wire when the pty goes
             await _until(lambda: reader.reopen_failures >= 2)  # the link is gone: attempts fail, backing off
             dev.replug()
             await _until(lambda: reader.reopens >= 1)
@@ -174,8 +200,8 @@ async def test_an_unplugged_adapter_is_reopened_with_backoff_one_gap_per_unit_an
             await _until(lambda: reader.polls >= polls + 5)
             stop.set()
             await task
-    _assert_exactly_what_was_served(out, dev)
     gaps = sorted((i for i in out.items if isinstance(i, Gap)), key=lambda g: g.source)
+    assert _assert_served_was_read_or_is_in_a_gap(out, dev, gaps) == 1  # the answer the pty took with it
     assert [g.source for g in gaps] == ["plant1/coldroom/coldroom-1", "plant1/coldroom/coldroom-2"]
     assert all("lost" in g.reason and g.end_ns > g.start_ns for g in gaps)
     t = out.table()
