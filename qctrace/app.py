@@ -33,6 +33,7 @@ from ledger import Ledger, events
 from ledger.publish import anchor_checkpoint
 from qctrace.alarm_ops import AlarmFeed
 from qctrace.config import Config
+from qctrace.edge_node import make_forwarder, open_spool
 from qctrace.errors import QctraceError, ReaderError
 from qctrace.ledger_ops import (
     READINGS_DIR,
@@ -44,7 +45,6 @@ from qctrace.ledger_ops import (
 )
 from qctrace.metrics import EdgeMetrics, IngestMetrics
 from qctrace.metrics import serve as serve_metrics
-from qctrace.processes import make_forwarder, open_spool
 from qctrace.provenance import Provenance
 from qctrace.schema import source_keys
 

@@ -115,6 +115,11 @@ class CampaignResult:
                        f" {lm.get('p99_outside_outages', 0):,.0f} ms ({lm.get('in_outages', 0):,.0f} readings"
                        " arrived late from inside an outage); from the edge's receipt p50"
                        f" {lm.get('p50_from_edge', 0):,.0f} ms, p99 {lm.get('p99_from_edge', 0):,.0f} ms")
+            over = {k.removeprefix("over_goal_after_"): int(v) for k, v in lm.items()
+                    if k.startswith("over_goal_after_")}
+            out.append(f"  over {RECOVERED_S:.0f} s: {int(lm.get('over_goal', 0)):,} readings"
+                       f" ({lm.get('over_goal', 0) / max(lm.get('readings', 1), 1):.2%}); by the fault before them: "
+                       + (", ".join(f"{k} {v:,}" for k, v in sorted(over.items(), key=lambda x: -x[1])) or "-"))
             if "recovery_max_s" in lm:
                 out.append(f"  back under {RECOVERED_S:.0f} s after a fault in p50 {lm['recovery_p50_s']:.1f} s, max"
                            f" {lm['recovery_max_s']:.1f} s; {lm['recovering_share']:.1%} of readings sent while"
@@ -231,7 +236,7 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
         device = [(started_at + f.at_s / speed, f.kind) for f in sc.faults  # the simulator's, in wall time
                   if f.kind in ("opcua_server_restart", "device_disconnect", "clock_skew")]
         result.fault_times = sorted([*result.fault_times, *device])
-        result.latency_ms = _latency(data, sc, speed, started_at, [t for t, _ in result.fault_times])
+        result.latency_ms = _latency(data, sc, speed, started_at, result.fault_times)
     return result
 
 
@@ -324,7 +329,26 @@ def recovery(sent: np.ndarray, lat: np.ndarray, fault_at: list[float], goal_s: f
     return took, in_fault[sec]
 
 
-def _latency(data: Path, scenario, speed: float, started_at: float, fault_at: list[float] = ()
+def late_by_fault(sent: np.ndarray, lat: np.ndarray, faults: list[tuple[float, str]], goal_s: float = RECOVERED_S,
+                  within_s: float = 30.0) -> dict[str, int]:
+    """Readings over ``goal_s``, each charged to the last fault before it was sent (its kind), or to
+    ``steady`` when none came in the ``within_s`` before: which fault the p99 is paying for."""
+    late = lat > goal_s
+    if not late.any():
+        return {}
+    faults = sorted(faults)
+    times = np.array([t for t, _ in faults], dtype=float)
+    kinds = [k for _, k in faults] + ["steady"]
+    idx = np.searchsorted(times, sent[late], side="right") - 1
+    before = np.append(times, -np.inf)[idx]  # idx -1: no fault before it
+    idx = np.where(sent[late] - before > within_s, len(faults), idx)
+    out: dict[str, int] = {}
+    for i, n in zip(*np.unique(idx, return_counts=True), strict=True):
+        out[kinds[i]] = out.get(kinds[i], 0) + int(n)
+    return out
+
+
+def _latency(data: Path, scenario, speed: float, started_at: float, faults: list[tuple[float, str]] = ()
              ) -> dict[str, float]:
     """Source time to Parquet commit, per reading (and edge receipt to commit): a reading of
     simulated time ``ts`` left the plant at wall time ``started_at + (ts - plant start) / speed``
@@ -369,7 +393,7 @@ def _latency(data: Path, scenario, speed: float, started_at: float, fault_at: li
     a, m, e, w = np.concatenate(lat), np.concatenate(inside), np.concatenate(piped), np.concatenate(sent_at)
     keep = (a > -5) & (a < 3600)  # skewed clocks
     a, m, e, w = a[keep], m[keep], e[keep], w[keep]
-    took, recovering = recovery(w, a, list(fault_at))
+    took, recovering = recovery(w, a, [t for t, _ in faults])
     out = {"p50": float(np.percentile(a, 50) * 1e3), "p99": float(np.percentile(a, 99) * 1e3),
            "max": float(a.max() * 1e3), "readings": float(len(a)), "in_outages": float(m.sum()),
            # from the edge's receipt (recv_ts, the edge's clock, the same machine here): qctrace's own
@@ -381,6 +405,8 @@ def _latency(data: Path, scenario, speed: float, started_at: float, fault_at: li
         out["recovering_share"] = float(recovering.mean())
         if (~recovering).any():
             out["p99_between_faults"] = float(np.percentile(a[~recovering], 99) * 1e3)
+    out["over_goal"] = float((a > RECOVERED_S).sum())
+    out |= {f"over_goal_after_{k}": float(n) for k, n in late_by_fault(w, a, list(faults)).items()}
     if (~m).any():
         out["p99_outside_outages"] = float(np.percentile(a[~m], 99) * 1e3)
         out["p50_outside_outages"] = float(np.percentile(a[~m], 50) * 1e3)

@@ -713,7 +713,7 @@ def edge(config_path: Path, data_dir: Path | None) -> None:
     only when ingest has committed it. Stop with Ctrl-C or SIGTERM: what is not yet committed
     stays spooled and is sent on the next start.
     """
-    from qctrace.processes import run_edge
+    from qctrace.edge_node import run_edge
 
     cfg = _load(config_path, data_dir)
     asyncio.run(run_edge(cfg, say=click.echo))
@@ -735,7 +735,7 @@ def ingest(config_path: Path, data_dir: Path | None, worker: str) -> None:
     committed to DATA_DIR/readings and each batch is acknowledged to its edge node only after the
     commit. Payloads it cannot decode go to DATA_DIR/quarantine with the reason.
     """
-    from qctrace.processes import run_ingest
+    from qctrace.ingest_worker import run_ingest
 
     cfg = _load(config_path, data_dir)
     asyncio.run(run_ingest(cfg, worker, say=click.echo))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qctrace.campaign import recovery
+from qctrace.campaign import late_by_fault, recovery
 
 
 def _plant(seconds: int, slow: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -35,3 +35,16 @@ def test_a_fault_never_recovered_from_runs_to_the_end():
     sent, lat = _plant(20, {s: 9.0 for s in range(12, 20)})
     took, recovering = recovery(sent, lat, [1012.0])
     assert took == [8.0] and recovering.sum() == 800
+
+
+def test_late_readings_are_charged_to_the_fault_before_them_or_to_the_steady_state():
+    # 100 s; an edge kill at 10.5 s makes seconds 11-12 late, a broker crash at 50 s second 50,
+    # and second 95 is late with no fault in the 30 s before it.
+    sent, lat = _plant(100, {11: 3.0, 12: 2.5, 50: 4.0, 95: 2.1, 30: 1.9})
+    faults = [(1050.0, "crash_broker"), (1010.5, "kill_edge"), (1060.0, "kill_ingest")]
+    assert late_by_fault(sent, lat, faults) == {"kill_edge": 200, "crash_broker": 100, "steady": 100}
+    assert late_by_fault(sent, lat, []) == {"steady": 400}
+    assert late_by_fault(sent, lat, faults, goal_s=5.0) == {}
+    # the first readings of second 10 were sent before the kill: the steady state's (none are late)
+    early = _plant(100, {10: 3.0})
+    assert late_by_fault(*early, faults) == {"steady": 50, "kill_edge": 50}
