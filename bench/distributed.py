@@ -63,6 +63,7 @@ def bench_latency(minutes: float, fault_every_s: float, work: Path) -> dict:
                        say=lambda s: print(s, flush=True))
     print("\n".join(res.lines()), flush=True)
     produced = sum(res.produced.values())
+    lm = res.latency_ms
     return {"latency_p50_ms": round(res.latency_ms.get("p50", float("nan")), 1),
             "latency_p99_ms": round(res.latency_ms.get("p99", float("nan")), 1),
             "latency_max_ms": round(res.latency_ms.get("max", float("nan")), 1),
@@ -75,6 +76,10 @@ def bench_latency(minutes: float, fault_every_s: float, work: Path) -> dict:
             "latency_p99_between_faults_ms": round(res.latency_ms.get("p99_between_faults", float("nan")), 1),
             "latency_from_edge_receipt_p50_ms": round(res.latency_ms.get("p50_from_edge", float("nan")), 1),
             "latency_from_edge_receipt_p99_ms": round(res.latency_ms.get("p99_from_edge", float("nan")), 1),
+            "readings_over_2s": int(lm.get("over_goal", 0)),
+            "readings_over_2s_share": round(lm.get("over_goal", 0) / max(1, lm.get("readings", 1)), 5),
+            **{f"readings_over_2s_{k.removeprefix('over_goal_')}": int(v) for k, v in lm.items()
+               if k.startswith("over_goal_after_")},
             "campaign_readings_per_s": round(produced / (minutes * 60)),
             "campaign_produced": produced, "campaign_written": sum(res.written.values()),
             "campaign_in_gaps": sum(res.in_gaps.values()), "campaign_missing": sum(res.unexplained.values()),

@@ -26,8 +26,7 @@ import pyarrow.compute as pc
 from edge import BatchBuilder, OpcUaReader, SeqAllocator, SerialReader, StreamTable
 from edge.transport import InProcessLink
 from firmware_sim.scenario import COLDCHAIN_SITE, load_scenario, shipments_of
-from ingest import Ingest, read_dataset
-from ingest.detect import warm_up
+from ingest import Ingest, read_dataset, warm_up
 from ingest.receiver import Receiver
 from ledger import Ledger, events
 from ledger.publish import anchor_checkpoint

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from edge.mqtt import MqttSource
 from firmware_sim.scenario import load_scenario
-from ingest import Ingest
-from ingest.detect import warm_up
+from ingest import Ingest, warm_up
 from ingest.leases import Leases, assign, live_workers, node_leases
 from ingest.receiver import Receiver
 from ledger import Ledger
