@@ -381,6 +381,9 @@ class MqttConfig(_LogsIn):
     key_file: Path | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0)] = 3600
+    """How long the broker keeps an edge's session (its acknowledgement subscription) after the
+    connection drops. Ingest workers sharing nodes always use 0: a dead worker's kept session
+    would keep receiving its share of its nodes' payloads."""
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 64
     """Messages a worker may hold unacknowledged: ingest's flow control toward the broker."""
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.1

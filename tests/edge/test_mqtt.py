@@ -7,6 +7,7 @@ the edge's spool is empty only because ingest acknowledged the commits over MQTT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -240,5 +241,53 @@ def test_birth_and_death_state_of_an_edge_node(broker):
         while _retained(broker.port, "qctrace/v1/_edge/dying/state")["state"] != "offline":
             assert time.monotonic() < deadline, "the last will never came"
             time.sleep(0.2)
+    finally:
+        proc.kill()
+
+
+_WORKER = """
+import asyncio, sys
+from edge.mqtt import MqttSource
+from qctrace.config import MqttConfig
+async def main():
+    src = await MqttSource(MqttConfig(port=int(sys.argv[1])), "doomed", by_node=True).start()
+    src.take("e1")
+    await asyncio.sleep(0.5)  # the subscription is in place
+    print("up", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_workers_share_of_a_node_goes_to_the_live_worker_not_to_its_ghost(broker):
+    """kill -9 of an ingest worker: the broker must not keep its shared subscription (a session
+    kept for an hour did, and Mosquitto dealt every other payload of the node to the dead
+    worker's queue until it restarted: seconds of the node's readings stalled per kill)."""
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(broker.port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        cfg = MqttConfig(port=broker.port)
+        live = await MqttSource(cfg, "live", by_node=True).start()
+        live.take("e1")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        await asyncio.sleep(0.5)  # the broker has seen the connection close
+        link = await MqttLink(cfg, "e1").start()
+        for i in range(20):
+            await link.send(f"payload {i}".encode(), "plant1/line1")
+        got: list[bytes] = []
+
+        async def take() -> None:
+            async for payload in live.receive():
+                got.append(payload)
+                if len(got) == 20:
+                    return
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(take(), 5.0)
+        assert sorted(got) == sorted(f"payload {i}".encode() for i in range(20)), \
+            f"the live worker got {len(got)} of 20 payloads: the rest went to the dead worker's session"
+        await link.close()
+        await live.close()
     finally:
         proc.kill()
