@@ -386,7 +386,7 @@ def _latency(data: Path, scenario, speed: float, started_at: float, faults: list
         mask = np.zeros(len(ts), dtype=bool)
         for d in np.unique(dev).tolist():
             for a, b in gaps.get(f"{site}/{line}/{d}", ()):
-                mask |= (dev == d) & (ts >= a) & (ts <= b)
+                mask |= (dev == d) & (ts > a) & (ts < b)  # a gap's ends are the readings either side of it
         inside.append(mask)
     if not lat:
         return {}
