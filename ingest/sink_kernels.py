@@ -188,14 +188,10 @@ def warm_up() -> None:
 
     ``ts`` and ``seq`` come straight from Arrow buffers (read-only) on the hot path and as plain
     arrays elsewhere (queries, compaction): both are compiled, so neither pays later."""
+    from ingest.detect.kernels import readonly
+
     one = np.zeros(1, np.int64)
-    for arr in (one, _readonly(one)):
+    for arr in (one, readonly(one)):
         partition_order(one, one, arr, 1)
         fresh_rows(one, arr, 1, np.array([0, 0], np.int64), one[:0], one[:0])
     group_rows(one, 1)
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = a.view()
-    a.flags.writeable = False
-    return a
