@@ -150,6 +150,7 @@ class Topology:
     stages: list[Stage] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
     _down_since: dict[str, float] = field(default_factory=dict)
+    _started: float | None = None  # monotonic time of the simulator's 'start'
 
     @property
     def logs(self) -> Path:
@@ -172,14 +173,23 @@ class Topology:
             raise QctraceError(f"the simulated plant exited while starting (see {self.logs}/sim.log)")
         return json.loads(line)
 
-    def sim_command(self, cmd: str, timeout_s: float = 120.0) -> dict | None:
-        """``start`` or ``stop`` (which answers with what the plant produced, within ``timeout_s``)."""
+    def sim_command(self, cmd: str, timeout_s: float | None = None) -> dict | None:
+        """``start`` or ``stop`` (which answers with what the plant produced, within ``timeout_s``).
+
+        The default wait for ``stop`` grows with the simulated time run: the plant writes its
+        ground truth first, and a one-hour soak's 31 M readings took just over two minutes on
+        the loaded 2-core machine, past the 120 s that used to be the limit for every run."""
         import select
 
         self.sim.stdin.write(cmd + "\n")
         self.sim.stdin.flush()
+        if cmd == "start":
+            self._started = time.monotonic()
         if cmd != "stop":
             return None
+        if timeout_s is None:
+            ran_s = time.monotonic() - self._started if self._started is not None else 0.0
+            timeout_s = 120.0 + ran_s * self.cfg.plant.speed / 10
         ready, _, _ = select.select([self.sim.stdout], [], [], timeout_s)
         if not ready:
             raise QctraceError(f"the simulated plant did not answer 'stop' within {timeout_s:g} s"
