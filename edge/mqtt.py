@@ -104,9 +104,9 @@ def _client(cfg: MqttConfig, client_id: str, state_topic: str, *, manual_ack: bo
     return c
 
 
-def _connect_props(cfg: MqttConfig, session_expiry_s: int | None = None) -> Properties:
+def _connect_props(cfg: MqttConfig) -> Properties:
     p = Properties(PacketTypes.CONNECT)
-    p.SessionExpiryInterval = cfg.session_expiry_s if session_expiry_s is None else session_expiry_s
+    p.SessionExpiryInterval = cfg.session_expiry_s
     p.ReceiveMaximum = cfg.receive_maximum
     return p
 
@@ -116,9 +116,8 @@ class _Connection:
 
     def __init__(self, cfg: MqttConfig, client_id: str, state_topic: str, subscriptions: list[str],
                  on_message: Callable[[mqtt.MQTTMessage], None], *, manual_ack: bool = False,
-                 clean_start: bool = False, session_expiry_s: int | None = None) -> None:
+                 clean_start: bool = False) -> None:
         self.cfg = cfg
-        self.session_expiry_s = session_expiry_s  # None: mqtt.session_expiry_s
         self.state_topic = state_topic
         self.subscriptions = subscriptions  # renewed on every (re)connect: a clean session has none
         self.clean_start = clean_start
@@ -178,7 +177,7 @@ class _Connection:
                 raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: {problem}")
         try:
             self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=self.clean_start,
-                                      properties=_connect_props(self.cfg, self.session_expiry_s))
+                                      properties=_connect_props(self.cfg))
         except (OSError, ValueError) as exc:
             raise TransportError(f"mqtt://{self.cfg.host}:{self.cfg.port}: cannot connect: {exc}") from None
         self.client.loop_start()
@@ -305,10 +304,9 @@ class MqttSource:
         # kept keeps its shared subscriptions at the broker, which deals every other payload of
         # its nodes to that dead session until it expires. Nothing is lost by not keeping it: the
         # session starts clean anyway, and the edges resend what was in flight.
-        self._conn = _Connection(self.cfg, f"qctrace-ingest-{self.worker}",
-                                 f"{self.cfg.prefix}/_ingest/{self.worker}/state", subs,
-                                 self._on_message, manual_ack=True, clean_start=self.by_node,
-                                 session_expiry_s=0 if self.by_node else None)
+        cfg = self.cfg.model_copy(update={"session_expiry_s": 0}) if self.by_node else self.cfg
+        self._conn = _Connection(cfg, f"qctrace-ingest-{self.worker}", f"{self.cfg.prefix}/_ingest/{self.worker}/state",
+                                 subs, self._on_message, manual_ack=True, clean_start=self.by_node)
         await self._conn.start()
         return self
 
