@@ -81,8 +81,9 @@ class CampaignResult:
     @property
     def unjudged(self) -> tuple[str, ...]:
         """Metrics shown, not judged: the simulator's, and each worker's memory. The workers' memory
-        is judged as one (``ingest.rss_bytes``): a worker's follows the roles it holds, and they move
-        (the one-hour soak's "growing" worker was the one that had taken over compaction)."""
+        is judged as the tier's (``ingest.replica_rss_bytes``, the mean over warm workers): a
+        worker's follows the roles it holds, and they move (the one-hour soak's "growing" worker was
+        the one that had taken over compaction)."""
         return (RIG, *(f"ingest-w{i + 1}.rss_bytes" for i in range(self.workers)))
 
     def lines(self) -> list[str]:
@@ -106,7 +107,8 @@ class CampaignResult:
                     f" {WARM_S:.0f} s old):",
                     *report_lines(self.resources, unjudged=self.unjudged),
                     f"  ({RIG}*: the simulator, the test rig, keeps its ground truth in memory: shown, not judged;"
-                    " each worker's memory follows the roles it holds and is judged as the tier's, ingest.rss_bytes)"]
+                    " each worker's memory follows the roles it holds: the tier's is judged,"
+                    " ingest.replica_rss_bytes, the mean over the workers past warm-up)"]
         if self.latency_ms:
             lm = self.latency_ms
             out.append(f"  source time to Parquet commit, {lm.get('readings', 0):,.0f} readings: p50"
@@ -181,7 +183,7 @@ def run_campaign(work: Path, *, seed: int, duration_s: float, faults: tuple[str,
                 | ({"ingest": [s.proc.pid for s in stages["ingest"]]} if all(s.running for s in stages["ingest"])
                    else {}),
                 dirs={f"spool_{e.edge.node}": data / "edge" / e.edge.node / "spool" for e in ecfgs}, data_dir=data,
-                interval_s=max(1.0, duration_s / 120), warm_s=WARM_S).start()
+                interval_s=max(1.0, duration_s / 120), warm_s=WARM_S, replicas=("ingest",)).start()
             started_wall = time.time()
             top.sim_command("start")
             t0 = time.monotonic()

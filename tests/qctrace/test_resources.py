@@ -11,7 +11,7 @@ import pytest
 
 from ingest.sink import ParquetSink
 from qctrace.errors import QctraceError
-from qctrace.resources import ResourceSampler, Sample, bounded, process_tree, report_lines, save_samples
+from qctrace.resources import ResourceSampler, Sample, bounded, process_tree, report_lines, rss_bytes, save_samples
 from qctrace.schema import batch_from_columns
 
 _LEAKS = """
@@ -94,6 +94,33 @@ def test_memory_is_sampled_only_once_a_restarted_process_is_past_its_warm_up():
     assert sum("steady.rss_bytes" in s.values for s in samples) >= 5
 
 
+def test_replicas_memory_is_the_mean_of_the_warm_ones_so_a_tier_killed_often_is_still_measured():
+    """A 15-minute soak killed an ingest worker every 43 s: the two were never both past warm-up in
+    its last quarter, and the tier's memory was "not measured". A replicated role is sampled
+    whenever one replica is warm, as the mean over the warm ones; a plain role waits for all."""
+    old, young = _child(_STEADY), None
+    try:
+        time.sleep(0.7)
+        young = _child(_STEADY)  # the other replica was just restarted
+        group = {"tier": [old.pid, young.pid], "whole": [old.pid, young.pid]}
+        sampler = ResourceSampler(lambda: group, interval_s=0.05, warm_s=0.6, replicas=("tier",))
+        s = sampler.sample_once()
+        assert s.values["tier.replica_rss_bytes"] == pytest.approx(
+            rss_bytes(old.pid), rel=0.05)  # the young replica left out, the old one alone
+        assert "whole.rss_bytes" not in s.values and "tier.rss_bytes" not in s.values
+        assert s.ages["tier"] < 0.6 and "tier.fds" in s.values
+        time.sleep(0.7)
+        s = sampler.sample_once()
+        both = (rss_bytes(old.pid) + rss_bytes(young.pid))
+        assert s.values["tier.replica_rss_bytes"] == pytest.approx(both / 2, rel=0.05)
+        assert s.values["whole.rss_bytes"] == pytest.approx(both, rel=0.05)
+    finally:
+        for p in (old, young):
+            if p is not None:
+                p.kill()
+                p.wait()
+
+
 def test_spool_bytes_and_parquet_files_come_from_the_directory_and_the_commit_record(tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -161,11 +188,12 @@ def test_a_campaign_judges_the_workers_memory_as_one_tier_and_each_workers_descr
         return MetricVerdict(metric, 1.0, 1.0, 1.0, 1.0, 2.0 if not ok else 1.0, 1.5, ok)
 
     base = CampaignResult(1, 3600, workers=2, check_resources=True, ledger_verified=True)
-    base.resources = [v("ingest-w1.rss_bytes", True), v("ingest-w2.rss_bytes", False), v("ingest.rss_bytes", True),
+    base.resources = [v("ingest-w1.rss_bytes", True), v("ingest-w2.rss_bytes", False),
+                      v("ingest.replica_rss_bytes", True),
                       v("ingest-w2.fds", True), v("sim.rss_bytes", False)]
     assert base.ok and "resources: bounded" in "\n".join(base.lines())
-    base.resources[2] = v("ingest.rss_bytes", False)
-    assert not base.ok and "GROWING: ingest.rss_bytes" in "\n".join(base.lines())
-    base.resources[2] = v("ingest.rss_bytes", True)
+    base.resources[2] = v("ingest.replica_rss_bytes", False)
+    assert not base.ok and "GROWING: ingest.replica_rss_bytes" in "\n".join(base.lines())
+    base.resources[2] = v("ingest.replica_rss_bytes", True)
     base.resources[3] = v("ingest-w2.fds", False)
     assert not base.ok
