@@ -410,13 +410,16 @@ class Forwarder:
                 last_save = now
             if stop.is_set():
                 give_up = give_up or now + linger_s
-                if not self._unsent and not self.holding and (not self.spool.depth or now >= give_up):
+                if not self._unsent and not self.holding and not self.spool.depth:
                     break
-                if self.holding and now >= give_up:
-                    # Never spooled, so never promised: the next start's restart gap (from the last
-                    # reading spooled) covers these readings.
-                    log.error("forward.stopped_holding node=%s held=%d: the spool's disk stayed full (%s)",
-                              self.node, len(self._held), self.disk_full)
+                if now >= give_up:
+                    # Unsent records are in the spool, and the next start sends them first; waiting
+                    # for them to go through the window of unacknowledged records could take
+                    # minutes (a backlog behind a slow worker) while whoever stopped us waits.
+                    if self.holding:  # never spooled, so never promised: the next start's
+                        # restart gap (from the last reading spooled) covers these readings
+                        log.error("forward.stopped_holding node=%s held=%d: the spool's disk stayed full (%s)",
+                                  self.node, len(self._held), self.disk_full)
                     break
             self._wake.clear()
             try:

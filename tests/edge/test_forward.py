@@ -89,6 +89,28 @@ async def test_unsent_records_survive_a_restart_and_are_sent_on_the_next_start(t
     assert p.seqs(tmp_path) == list(range(350))
 
 
+async def test_a_stop_with_a_backlog_behind_the_window_gives_up_after_the_linger_and_keeps_it_spooled(tmp_path):
+    """The one-hour soak's edge, back from a kill with minutes of spool, was stopped while a slow
+    worker acknowledged 64 records every twenty seconds: it waited for its whole backlog to be
+    sent, past the campaign's 60 s, and was killed. Stopping waits ``linger_s``, no longer; what
+    was not acknowledged stays spooled and goes first on the next start."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    mute = InProcessLink()  # nobody acknowledges
+    fwd = Forwarder("e1", spool, mute, window=4)
+    for i in range(20):
+        await fwd.publish(batch(i))
+    stop = asyncio.Event()
+    stop.set()
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.wait_for(fwd.run(stop, tick_s=0.02, linger_s=0.3), 5.0)
+    assert asyncio.get_running_loop().time() - t0 < 2.0
+    assert fwd.stats.sent == 4 and spool.depth == 20  # a window's worth sent, every record kept
+    spool.close()
+    p = Pipe(tmp_path, Spool(tmp_path / "spool", fsync=False))
+    await p.run([batch(20)])
+    assert p.seqs(tmp_path) == list(range(1050))
+
+
 async def test_a_full_spool_dropping_its_oldest_records_sends_loss_markers_naming_the_seqs(tmp_path):
     """Nothing consumes while the readers publish: the spool (4 segments of ~2 records) drops its
     oldest segments; every dropped reading is named by a gap record, and the rest arrive."""
