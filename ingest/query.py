@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ingest.commit_record import read_snapshot, state_dir_of
 from ingest.sink_kernels import group_rows, partition_order
-from qctrace.errors import DataFileChanged
+from qctrace.errors import DataFileChanged, SnapshotGone
 from qctrace.schema import READING_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,15 @@ def _raise_if_damaged(files: list[str], exc: Exception) -> None:
             " cannot be read. `qctrace verify` lists every damaged file; restore it from a backup.") from None
 
 
+def _gone(root: Path, exc: Exception) -> SnapshotGone:
+    """After the last retry: an empty answer would read as "no data", so say what happened."""
+    return SnapshotGone(
+        f"{root}: files of the committed dataset were missing on {RETRIES} fresh snapshots in a row"
+        f" ({str(exc).splitlines()[0]}). If compaction retires files faster than this query reads"
+        " them, raise [sink] retired_grace_s above the query's time; if a file stays missing,"
+        " `qctrace verify` lists it.")
+
+
 def query(root: Path, sql: str, params: dict[str, Any] | None = None, lot: str | None = None,
           start_ns: int | None = None, end_ns: int | None = None) -> pa.Table:
     """Run ``sql`` (which reads ``SOURCE``) over the committed dataset; an empty table when there is
@@ -88,9 +97,11 @@ def query(root: Path, sql: str, params: dict[str, Any] | None = None, lot: str |
             _raise_if_damaged(files, exc)
             # A file of this snapshot was deleted after its grace period: take a fresh snapshot.
             log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
+            if attempt + 1 == RETRIES:
+                raise _gone(root, exc) from None
         finally:
             con.close()
-    return pa.table({})
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def lot_summary(root: Path, lot: str) -> pa.Table:
@@ -205,8 +216,8 @@ def select_readings(root: Path, lot: str | None = None, sensor: str | None = Non
             _raise_if_damaged(files, exc)
             # A file of this snapshot was deleted after its grace period: take a fresh snapshot.
             log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
-    else:
-        return pa.table({})
+            if attempt + 1 == RETRIES:
+                raise _gone(root, exc) from None
     if table.num_rows == 0:
         return pa.table({})
     table = table.unify_dictionaries().combine_chunks()

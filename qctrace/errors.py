@@ -90,6 +90,10 @@ class TransportError(QctraceError):
     """The link to the broker or the next hop failed in a way retrying will not fix."""
 
 
+class SnapshotGone(QctraceError):
+    """A query found files of the committed dataset missing on every fresh snapshot it took."""
+
+
 class SinkCommitError(QctraceError):
     pass
 

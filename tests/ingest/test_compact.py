@@ -10,12 +10,12 @@ import pytest
 
 from ingest.commit_record import read_snapshot
 from ingest.compact import compact, purge_retired
-from ingest.query import query, snapshot_files
+from ingest.query import query, select_readings, snapshot_files
 from ingest.sink import ParquetSink, read_dataset
 from ledger import Ledger
 from ledger.audit import verify_ledger
 from ledger.events import data_committed
-from qctrace.errors import DataFileChanged
+from qctrace.errors import DataFileChanged, SnapshotGone
 from qctrace.schema import batch_from_columns, source_keys
 
 DAY = 1_793_577_600 * 10**9  # 2026-11-02T00:00:00Z
@@ -103,7 +103,9 @@ def test_compaction_beside_ingest_and_queries_never_shows_a_row_missing_or_twice
     def compactor():
         try:
             while not stop.is_set():
-                compact(root, state, min_files=2, target_rows=200, grace_s=0.05)
+                # Retired files outlive a query (here at most a second or so, on a loaded machine):
+                # a grace shorter than that makes every retry find its snapshot gone.
+                compact(root, state, min_files=2, target_rows=200, grace_s=1.0)
                 passes["compact"] += 1
         except BaseException as exc:
             errors.append(exc)
@@ -131,6 +133,20 @@ def test_compaction_beside_ingest_and_queries_never_shows_a_row_missing_or_twice
     assert queries >= 20 and passes["compact"] >= 3 and passes["ingest"] >= 3
     final = _keys(read_dataset(root))
     assert len(final) == len(set(final)) == 2 * 20 * (4 + passes["ingest"])
+
+
+def test_a_query_whose_snapshots_keep_losing_files_says_so_instead_of_answering_no_data(tmp_path):
+    """Retries take a fresh snapshot when a retired file was deleted under a query. Once they ran
+    out, the query answered an empty table: "no readings", which a compliance query must never
+    say of readings that are there. Now the last retry raises, naming the file and the setting."""
+    _fill(tmp_path, flushes=2)
+    root = tmp_path / "readings"
+    gone = sorted(root.rglob("*.parquet"))[0]
+    gone.unlink()  # what every snapshot lists and no read finds
+    for run in (lambda: query(root, "SELECT count(*) AS n FROM {SOURCE}"), lambda: select_readings(root)):
+        with pytest.raises(SnapshotGone, match="retired_grace_s") as err:
+            run()
+        assert gone.name in str(err.value) and "3 fresh snapshots" in str(err.value)
 
 
 def test_compacted_files_go_to_the_ledger_and_verify_passes_once_the_old_files_are_gone(tmp_path):
