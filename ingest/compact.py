@@ -260,8 +260,12 @@ class BackgroundCompactor:
     ROLE = "compactor"
 
     def __init__(self, root: Path, state_dir: Path, every_s: float, min_files: int = 4,
-                 target_rows: int = 2_000_000, grace_s: float = 300.0, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+                 target_rows: int = 2_000_000, grace_s: float = 300.0, row_group_rows: int = ROW_GROUP_ROWS,
+                 lease_poll_s: float = 5.0) -> None:
+        """``lease_poll_s``: how soon after start, and how often while another worker holds the
+        role, a pass is tried (see ``_loop``)."""
         self.root, self.state_dir, self.every_s = root, state_dir, every_s
+        self.lease_poll_s = lease_poll_s
         self._args = (min_files, target_rows, grace_s, row_group_rows)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -311,8 +315,15 @@ class BackgroundCompactor:
             log.warning("compact.background_failed error=%s", exc)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
+        """A pass every ``every_s`` while holding the role; otherwise a look at the lease every
+        ``lease_poll_s``, and a first pass that soon after start. Waiting ``every_s`` for both, a
+        holder killed every minute or two (the one-hour soak killed a worker every 78 s) left
+        compaction to holders that never reached their first pass: its last quarter ran 5 passes
+        where the second ran 12, and the live file count rose from a median of 254 to 366."""
+        wait = min(self.every_s, self.lease_poll_s)
+        while not self._stop.wait(wait):
             self.run_once()
+            wait = self.every_s if self.holds_lease else min(self.every_s, self.lease_poll_s)
 
     def confirm(self, files: list[CommittedFile]) -> None:
         """Ingest recorded these files' events in the ledger."""

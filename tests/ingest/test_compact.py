@@ -238,6 +238,32 @@ def test_a_merge_whose_ledger_event_was_lost_in_a_crash_is_reported_again(tmp_pa
     assert heard == lost and unreported_files(state) == []
 
 
+def test_a_compactor_takes_a_freed_role_within_its_lease_poll_and_compacts_at_once(tmp_path):
+    """A worker that is not the compactor looks at the role every lease_poll_s, not every every_s,
+    and the one that takes it merges at once: a holder killed every minute or two no longer
+    leaves the dataset uncompacted for whole compaction intervals."""
+    from ingest.compact import BackgroundCompactor
+
+    _fill(tmp_path, flushes=4)
+    root, state = tmp_path / "readings", tmp_path / "ingest"
+    first = BackgroundCompactor(root, state, every_s=3600, min_files=2, lease_poll_s=3600)
+    first.start()
+    second = BackgroundCompactor(root, state, every_s=3600, min_files=2, lease_poll_s=0.1)
+    second.start()
+    try:
+        assert first.holds_lease and not second.holds_lease
+        time.sleep(0.5)
+        assert len(read_snapshot(state).files) == 8 and second.passes_idle >= 2  # looking, not compacting
+        first.stop()  # the holder goes: its lease is free
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(read_snapshot(state).files) != 2:
+            time.sleep(0.05)
+        assert second.holds_lease and len(read_snapshot(state).files) == 2  # each line merged into one
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_compaction_moves_to_a_live_worker_when_the_compacting_one_is_killed(tmp_path):
     """Every worker runs a background compactor; one at a time holds the role lease. kill -9 of the
     holder frees it: the next worker compacts and reports, once, a merge the dead one never reported."""
@@ -263,7 +289,8 @@ def test_compaction_moves_to_a_live_worker_when_the_compacting_one_is_killed(tmp
         import time
         from pathlib import Path
         from ingest.compact import BackgroundCompactor
-        bg = BackgroundCompactor(Path({str(root)!r}), Path({str(state)!r}), every_s=3600, min_files=2)
+        bg = BackgroundCompactor(Path({str(root)!r}), Path({str(state)!r}), every_s=3600, min_files=2,
+                                 lease_poll_s=3600)
         bg.start()
         print(bg.holds_lease, len(bg.drain()), flush=True)
         time.sleep(600)
