@@ -85,7 +85,7 @@ class Ingest:
         self.nodes: set[str] = set()  # edge nodes whose readings this worker takes
         self.node_sources: dict[str, set[str]] = {}  # node -> the sources (site/line/device) it carries
         self._released: set[str] = set()  # sources of nodes handed to another worker: not watched here
-        self._now_ns = 0  # newest plausible source time seen: the data clock alarms' off-delays judge by
+        self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
         self._source_ids: dict[str, int] = {}  # site/line/device -> index, for the stale timer's clocks
         self._sensor_source = np.zeros(0, np.int64)  # sensor -> its source's index (detector keys only grow)
         self._stale: set[int] = set()  # sensors reported silent and not heard in time since
@@ -131,7 +131,7 @@ class Ingest:
             self.observer.detected(time.perf_counter() - t_detect)
             self._pending_oldest_ns.append(int(pc.min(fresh.column("ts").cast(pa.int64())).as_py()))
         # A device clock far ahead of when the edge received the reading (a logger set to 2200) must
-        # not become "now" for the alarms' off-delays (the stale timer uses each device's own clock).
+        # not become "now" for the stale timer, or every other sensor would look silent at once.
         ts = fresh.column("ts").cast(pa.int64())
         plausible = pc.less_equal(ts, pc.add(fresh.column("recv_ts").cast(pa.int64()), FUTURE_SKEW_NS))
         if self.clock is not None:  # nor must a clock minutes ahead: kept, reported, not "now"
