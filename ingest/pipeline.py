@@ -86,8 +86,11 @@ class Ingest:
         self.node_sources: dict[str, set[str]] = {}  # node -> the sources (site/line/device) it carries
         self._released: set[str] = set()  # sources of nodes handed to another worker: not watched here
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
-        self._source_ids: dict[str, int] = {}  # site/line/device -> index, for the stale timer's clocks
-        self._sensor_source = np.zeros(0, np.int64)  # sensor -> its source's index (detector keys only grow)
+        # Per edge node, the same clock: a sensor is judged silent by its own node's, so a node
+        # replaying a spooled backlog is late, not silent (see check_stale).
+        self._node_ids: dict[str, int] = {}
+        self._node_now = np.zeros(0, np.int64)
+        self._sensor_node = np.zeros(0, np.int64)  # sensor -> its node's id, -1 until a reading came through one
         self._stale: set[int] = set()  # sensors reported silent and not heard in time since
         if adopt_all:
             for node in self.sink.extra.get("detectors", {}):
@@ -139,7 +142,9 @@ class Ingest:
             if skewed.any():
                 plausible = pc.and_(plausible, pa.array(~skewed))
             self.stats.clock_skewed = self.clock.readings_skewed
-        self._now_ns = max(self._now_ns, int(pc.max(pc.filter(ts, plausible)).as_py() or 0))
+        newest = int(pc.max(pc.filter(ts, plausible)).as_py() or 0)
+        self._now_ns = max(self._now_ns, newest)
+        self._note_node_clock(node, newest, idx)
         flags = flagged.column("flags").to_numpy()
         self.stats.flagged += int(np.count_nonzero(flags))
         facts: list[Fact] = [*self.lots.update(flagged, flags)]
@@ -209,37 +214,39 @@ class Ingest:
         """The data clock: the newest plausible source time seen (what off-delays and timers judge by)."""
         return self._now_ns
 
-    def _source_clocks(self) -> np.ndarray:
-        """Per sensor, the clock its silence is judged by: the newest reading of any sensor of the
-        same source (device)."""
-        from ingest.detect.robust import NEVER
+    def _note_node_clock(self, node: str, newest_ns: int, sensors: np.ndarray) -> None:
+        nid = self._node_ids.setdefault(node, len(self._node_ids))
+        if nid >= len(self._node_now):
+            self._node_now = np.append(self._node_now, np.int64(0))
+        self._node_now[nid] = max(int(self._node_now[nid]), newest_ns)
+        n = len(self.detector.keys)
+        if len(self._sensor_node) < n:
+            self._sensor_node = np.concatenate([self._sensor_node, np.full(n - len(self._sensor_node), -1, np.int64)])
+        self._sensor_node[sensors] = nid
 
-        keys = self.detector.keys
-        n, known = len(keys), len(self._sensor_source)
-        if known < n:
-            ids = [self._source_ids.setdefault(k.rpartition("/")[0], len(self._source_ids)) for k in keys[known:]]
-            self._sensor_source = np.concatenate([self._sensor_source, np.array(ids, np.int64)])
-        last = self.detector.last_seen_all()
-        clock = np.full(len(self._source_ids), NEVER, np.int64)
-        np.maximum.at(clock, self._sensor_source[:n], last)
-        return clock[self._sensor_source[:n]]
+    def _sensor_clocks(self) -> np.ndarray:
+        """Per sensor, the clock its silence is judged by: the newest plausible source time of the
+        edge node its readings come through (the worker's clock until one came through a node)."""
+        n = len(self.detector.keys)
+        node = np.full(n, -1, np.int64)
+        node[:min(n, len(self._sensor_node))] = self._sensor_node[:n]
+        return np.where(node >= 0, self._node_now[np.maximum(node, 0)] if len(self._node_now) else 0,
+                        np.int64(self._now_ns))
 
     def check_stale(self) -> list[Episode]:
         """Sensors that went silent (the detector's timer rule), each reported once per silence.
 
-        Time is source time, the newest reading of any sensor of the same device: a sensor is
-        silent while its device goes on without it. A device whose readings come late as a whole
-        (an edge replaying minutes of spool through its window of unacknowledged records, a PLC
-        server lagging its neighbours on a loaded machine) is late, not silent; and a device that
-        falls silent as a whole is an outage, which its edge records as a gap. Judged by the
-        worker's newest reading of any device, every sensor of a late device was "silent" again at
-        every check as its readings moved on: the one-hour soak wrote 1.4 M STALE episodes, 89 % of
-        its ledger, and writing and anchoring them slowed the worker until the edge could not
-        drain. A silence ends when a check finds the sensor within its limit again.
+        Time is source time, the newest reading of any sensor through the same edge node: a
+        plant's devices share a clock closely enough, and the check keeps working when ingest
+        replays old data. Per node, because one node replaying a spooled backlog minutes behind
+        (its edge was down, its window of unacknowledged records small) is late, not silent; judged
+        by the worker's newest reading, every one of its sensors was "silent" again at every check
+        as the replay moved it on, and the one-hour soak wrote 1.4 M STALE episodes to the ledger
+        (89 % of it). A silence ends when a check finds the sensor within its limit again.
         """
         if not len(self.detector.keys):
             return []
-        clocks = self._source_clocks()
+        clocks = self._sensor_clocks()
         silent = set(self.detector.stale(clocks))
         self._stale &= silent  # heard in time since: the next silence is reported again
         out = []

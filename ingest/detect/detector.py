@@ -296,14 +296,6 @@ class Detector:
         return [int(i) for i in robust.stale(now_ns, st["last_ts"], robust.expected_interval_ns(p, st),
                                              p["gap_factor"], len(self.keys))]
 
-    def last_seen_all(self) -> np.ndarray:
-        """Source time of every sensor's newest reading (``robust.NEVER`` where none was heard)."""
-        from ingest.detect import robust
-
-        if robust.FAMILY.name not in self.state:
-            return np.full(len(self.keys), robust.NEVER, np.int64)
-        return np.asarray(self.state[robust.FAMILY.name]["last_ts"][: len(self.keys)], np.int64)
-
     def last_seen(self, s: int) -> int | None:
         """Source time of sensor ``s``'s newest reading (None if never heard)."""
         from ingest.detect import robust
