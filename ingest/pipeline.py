@@ -86,12 +86,7 @@ class Ingest:
         self.node_sources: dict[str, set[str]] = {}  # node -> the sources (site/line/device) it carries
         self._released: set[str] = set()  # sources of nodes handed to another worker: not watched here
         self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
-        # Per edge node, the same clock: a sensor is judged silent by its own node's, so a node
-        # replaying a spooled backlog is late, not silent (see check_stale).
-        self._node_ids: dict[str, int] = {}
-        self._node_now = np.zeros(0, np.int64)
-        self._sensor_node = np.zeros(0, np.int64)  # sensor -> its node's id, -1 until a reading came through one
-        self._stale: set[int] = set()  # sensors reported silent and not heard in time since
+        self._stale: dict[int, int] = {}  # sensor -> last_seen when it was reported silent
         if adopt_all:
             for node in self.sink.extra.get("detectors", {}):
                 self.adopt(node)
@@ -142,9 +137,7 @@ class Ingest:
             if skewed.any():
                 plausible = pc.and_(plausible, pa.array(~skewed))
             self.stats.clock_skewed = self.clock.readings_skewed
-        newest = int(pc.max(pc.filter(ts, plausible)).as_py() or 0)
-        self._now_ns = max(self._now_ns, newest)
-        self._note_node_clock(node, newest, idx)
+        self._now_ns = max(self._now_ns, int(pc.max(pc.filter(ts, plausible)).as_py() or 0))
         flags = flagged.column("flags").to_numpy()
         self.stats.flagged += int(np.count_nonzero(flags))
         facts: list[Fact] = [*self.lots.update(flagged, flags)]
@@ -214,50 +207,21 @@ class Ingest:
         """The data clock: the newest plausible source time seen (what off-delays and timers judge by)."""
         return self._now_ns
 
-    def _note_node_clock(self, node: str, newest_ns: int, sensors: np.ndarray) -> None:
-        nid = self._node_ids.setdefault(node, len(self._node_ids))
-        if nid >= len(self._node_now):
-            self._node_now = np.append(self._node_now, np.int64(0))
-        self._node_now[nid] = max(int(self._node_now[nid]), newest_ns)
-        n = len(self.detector.keys)
-        if len(self._sensor_node) < n:
-            self._sensor_node = np.concatenate([self._sensor_node, np.full(n - len(self._sensor_node), -1, np.int64)])
-        self._sensor_node[sensors] = nid
-
-    def _sensor_clocks(self) -> np.ndarray:
-        """Per sensor, the clock its silence is judged by: the newest plausible source time of the
-        edge node its readings come through (the worker's clock until one came through a node)."""
-        n = len(self.detector.keys)
-        node = np.full(n, -1, np.int64)
-        node[:min(n, len(self._sensor_node))] = self._sensor_node[:n]
-        return np.where(node >= 0, self._node_now[np.maximum(node, 0)] if len(self._node_now) else 0,
-                        np.int64(self._now_ns))
-
     def check_stale(self) -> list[Episode]:
         """Sensors that went silent (the detector's timer rule), each reported once per silence.
 
-        Time is source time, the newest reading of any sensor through the same edge node: a
-        plant's devices share a clock closely enough, and the check keeps working when ingest
-        replays old data. Per node, because one node replaying a spooled backlog minutes behind
-        (its edge was down, its window of unacknowledged records small) is late, not silent; judged
-        by the worker's newest reading, every one of its sensors was "silent" again at every check
-        as the replay moved it on, and the one-hour soak wrote 1.4 M STALE episodes to the ledger
-        (89 % of it). A silence ends when a check finds the sensor within its limit again.
+        Time is source time: the newest reading of any sensor. A plant's devices share a clock
+        closely enough, and the check keeps working when ingest replays old data.
         """
-        if not len(self.detector.keys):
-            return []
-        clocks = self._sensor_clocks()
-        silent = set(self.detector.stale(clocks))
-        self._stale &= silent  # heard in time since: the next silence is reported again
         out = []
-        for s in sorted(silent - self._stale):
+        for s in self.detector.stale(self._now_ns):
             if self._released and self.detector.keys[s].rpartition("/")[0] in self._released:
                 continue  # another worker holds its node now
             last = self.detector.last_seen(s)
-            if last is None:
+            if last is None or self._stale.get(s) == last:
                 continue
-            self._stale.add(s)
-            out.append(Episode(self.detector.keys[s], last, int(clocks[s]), int(Flag.STALE), math.nan, math.nan, 0,
+            self._stale[s] = last
+            out.append(Episode(self.detector.keys[s], last, self._now_ns, int(Flag.STALE), math.nan, math.nan, 0,
                                None))
         if out:
             self.stats.episodes += len(out)

@@ -283,10 +283,9 @@ class Detector:
         sc = self.score(batch)
         return batch.set_column(_FLAGS_AT, READING_SCHEMA.field("flags"), pa.array(sc.flags)), sc.idx, sc.z
 
-    def stale(self, now_ns: int | np.ndarray) -> list[int]:
+    def stale(self, now_ns: int) -> list[int]:
         """Indices of sensors silent longer than allowed at ``now_ns`` (a timer calls this; no reading
-        is needed), one time for all or one per sensor. The threshold is the GAP rule's, so the
-        reading that ends the silence is GAP."""
+        is needed). The threshold is the GAP rule's, so the reading that ends the silence is GAP."""
         from ingest.detect import robust
 
         fam = next((f for f in self.families if f.name == robust.FAMILY.name), None)
