@@ -70,13 +70,18 @@ def _raise_if_damaged(files: list[str], exc: Exception) -> None:
             " cannot be read. `qctrace verify` lists every damaged file; restore it from a backup.") from None
 
 
-def _gone(root: Path, exc: Exception) -> SnapshotGone:
-    """After the last retry: an empty answer would read as "no data", so say what happened."""
-    return SnapshotGone(
-        f"{root}: files of the committed dataset were missing on {RETRIES} fresh snapshots in a row"
-        f" ({str(exc).splitlines()[0]}). If compaction retires files faster than this query reads"
-        " them, raise [sink] retired_grace_s above the query's time; if a file stays missing,"
-        " `qctrace verify` lists it.")
+def _read_failed(root: Path, files: list[str], attempt: int, exc: Exception) -> None:
+    """A read of a snapshot failed: raise on damage or after the last retry (an empty answer would
+    read as "no data"); otherwise a file was deleted after its grace period and the caller takes a
+    fresh snapshot."""
+    _raise_if_damaged(files, exc)
+    log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
+    if attempt + 1 == RETRIES:
+        raise SnapshotGone(
+            f"{root}: files of the committed dataset were missing on {RETRIES} fresh snapshots in a row"
+            f" ({str(exc).splitlines()[0]}). If compaction retires files faster than this query reads"
+            " them, raise [sink] retired_grace_s above the query's time; if a file stays missing,"
+            " `qctrace verify` lists it.") from None
 
 
 def query(root: Path, sql: str, params: dict[str, Any] | None = None, lot: str | None = None,
@@ -94,11 +99,7 @@ def query(root: Path, sql: str, params: dict[str, Any] | None = None, lot: str |
             # DuckDB 2 names it to_arrow_table; 1.x has arrow(). Accept both.
             return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-            _raise_if_damaged(files, exc)
-            # A file of this snapshot was deleted after its grace period: take a fresh snapshot.
-            log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
-            if attempt + 1 == RETRIES:
-                raise _gone(root, exc) from None
+            _read_failed(root, files, attempt, exc)
         finally:
             con.close()
     raise AssertionError("unreachable: the last attempt returns or raises")
@@ -213,11 +214,7 @@ def select_readings(root: Path, lot: str | None = None, sensor: str | None = Non
                 table = table.filter(cond)
             break
         except (OSError, pa.ArrowInvalid) as exc:
-            _raise_if_damaged(files, exc)
-            # A file of this snapshot was deleted after its grace period: take a fresh snapshot.
-            log.warning("query.io_error attempt=%d error=%s", attempt + 1, exc)
-            if attempt + 1 == RETRIES:
-                raise _gone(root, exc) from None
+            _read_failed(root, files, attempt, exc)
     if table.num_rows == 0:
         return pa.table({})
     table = table.unify_dictionaries().combine_chunks()
