@@ -85,8 +85,10 @@ class Ingest:
         self.nodes: set[str] = set()  # edge nodes whose readings this worker takes
         self.node_sources: dict[str, set[str]] = {}  # node -> the sources (site/line/device) it carries
         self._released: set[str] = set()  # sources of nodes handed to another worker: not watched here
-        self._now_ns = 0  # newest source time seen: the clock the stale timer judges silence by
-        self._stale: dict[int, int] = {}  # sensor -> last_seen when it was reported silent
+        self._now_ns = 0  # newest plausible source time seen: the data clock alarms' off-delays judge by
+        self._source_ids: dict[str, int] = {}  # site/line/device -> index, for the stale timer's clocks
+        self._sensor_source = np.zeros(0, np.int64)  # sensor -> its source's index (detector keys only grow)
+        self._stale: set[int] = set()  # sensors reported silent and not heard in time since
         if adopt_all:
             for node in self.sink.extra.get("detectors", {}):
                 self.adopt(node)
@@ -129,7 +131,7 @@ class Ingest:
             self.observer.detected(time.perf_counter() - t_detect)
             self._pending_oldest_ns.append(int(pc.min(fresh.column("ts").cast(pa.int64())).as_py()))
         # A device clock far ahead of when the edge received the reading (a logger set to 2200) must
-        # not become "now" for the stale timer, or every other sensor would look silent at once.
+        # not become "now" for the alarms' off-delays (the stale timer uses each device's own clock).
         ts = fresh.column("ts").cast(pa.int64())
         plausible = pc.less_equal(ts, pc.add(fresh.column("recv_ts").cast(pa.int64()), FUTURE_SKEW_NS))
         if self.clock is not None:  # nor must a clock minutes ahead: kept, reported, not "now"
@@ -207,21 +209,48 @@ class Ingest:
         """The data clock: the newest plausible source time seen (what off-delays and timers judge by)."""
         return self._now_ns
 
+    def _source_clocks(self) -> np.ndarray:
+        """Per sensor, the clock its silence is judged by: the newest reading of any sensor of the
+        same source (device)."""
+        from ingest.detect.robust import NEVER
+
+        keys = self.detector.keys
+        n, known = len(keys), len(self._sensor_source)
+        if known < n:
+            ids = [self._source_ids.setdefault(k.rpartition("/")[0], len(self._source_ids)) for k in keys[known:]]
+            self._sensor_source = np.concatenate([self._sensor_source, np.array(ids, np.int64)])
+        last = self.detector.last_seen_all()
+        clock = np.full(len(self._source_ids), NEVER, np.int64)
+        np.maximum.at(clock, self._sensor_source[:n], last)
+        return clock[self._sensor_source[:n]]
+
     def check_stale(self) -> list[Episode]:
         """Sensors that went silent (the detector's timer rule), each reported once per silence.
 
-        Time is source time: the newest reading of any sensor. A plant's devices share a clock
-        closely enough, and the check keeps working when ingest replays old data.
+        Time is source time, the newest reading of any sensor of the same device: a sensor is
+        silent while its device goes on without it. A device whose readings come late as a whole
+        (an edge replaying minutes of spool through its window of unacknowledged records, a PLC
+        server lagging its neighbours on a loaded machine) is late, not silent; and a device that
+        falls silent as a whole is an outage, which its edge records as a gap. Judged by the
+        worker's newest reading of any device, every sensor of a late device was "silent" again at
+        every check as its readings moved on: the one-hour soak wrote 1.4 M STALE episodes, 89 % of
+        its ledger, and writing and anchoring them slowed the worker until the edge could not
+        drain. A silence ends when a check finds the sensor within its limit again.
         """
+        if not len(self.detector.keys):
+            return []
+        clocks = self._source_clocks()
+        silent = set(self.detector.stale(clocks))
+        self._stale &= silent  # heard in time since: the next silence is reported again
         out = []
-        for s in self.detector.stale(self._now_ns):
+        for s in sorted(silent - self._stale):
             if self._released and self.detector.keys[s].rpartition("/")[0] in self._released:
                 continue  # another worker holds its node now
             last = self.detector.last_seen(s)
-            if last is None or self._stale.get(s) == last:
+            if last is None:
                 continue
-            self._stale[s] = last
-            out.append(Episode(self.detector.keys[s], last, self._now_ns, int(Flag.STALE), math.nan, math.nan, 0,
+            self._stale.add(s)
+            out.append(Episode(self.detector.keys[s], last, int(clocks[s]), int(Flag.STALE), math.nan, math.nan, 0,
                                None))
         if out:
             self.stats.episodes += len(out)

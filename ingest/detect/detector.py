@@ -283,9 +283,10 @@ class Detector:
         sc = self.score(batch)
         return batch.set_column(_FLAGS_AT, READING_SCHEMA.field("flags"), pa.array(sc.flags)), sc.idx, sc.z
 
-    def stale(self, now_ns: int) -> list[int]:
+    def stale(self, now_ns: int | np.ndarray) -> list[int]:
         """Indices of sensors silent longer than allowed at ``now_ns`` (a timer calls this; no reading
-        is needed). The threshold is the GAP rule's, so the reading that ends the silence is GAP."""
+        is needed), one time for all or one per sensor. The threshold is the GAP rule's, so the
+        reading that ends the silence is GAP."""
         from ingest.detect import robust
 
         fam = next((f for f in self.families if f.name == robust.FAMILY.name), None)
@@ -294,6 +295,14 @@ class Detector:
         st, p = self.state[fam.name], self.params[fam.name]
         return [int(i) for i in robust.stale(now_ns, st["last_ts"], robust.expected_interval_ns(p, st),
                                              p["gap_factor"], len(self.keys))]
+
+    def last_seen_all(self) -> np.ndarray:
+        """Source time of every sensor's newest reading (``robust.NEVER`` where none was heard)."""
+        from ingest.detect import robust
+
+        if robust.FAMILY.name not in self.state:
+            return np.full(len(self.keys), robust.NEVER, np.int64)
+        return np.asarray(self.state[robust.FAMILY.name]["last_ts"][: len(self.keys)], np.int64)
 
     def last_seen(self, s: int) -> int | None:
         """Source time of sensor ``s``'s newest reading (None if never heard)."""

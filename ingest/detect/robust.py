@@ -500,7 +500,7 @@ def expected_interval_ns(params: dict[str, np.ndarray], state: dict[str, np.ndar
     return np.where(mi > 0, mi.astype(np.float64), learnt)
 
 
-def stale(now_ns: int, last_ts: np.ndarray, expected_ns: np.ndarray, gap_factor: np.ndarray,
+def stale(now_ns: int | np.ndarray, last_ts: np.ndarray, expected_ns: np.ndarray, gap_factor: np.ndarray,
           n_sensors: int) -> np.ndarray:
     """Indices of sensors silent for longer than ``gap_factor × expected`` at ``now_ns``.
 
@@ -513,7 +513,10 @@ def stale(now_ns: int, last_ts: np.ndarray, expected_ns: np.ndarray, gap_factor:
     lt = np.asarray(last_ts[:n_sensors], np.int64)
     exp = np.asarray(expected_ns[:n_sensors], np.float64)
     seen = lt != NEVER
-    silent = (np.int64(now_ns) - np.where(seen, lt, np.int64(now_ns))).astype(np.float64)
+    now = np.asarray(now_ns, np.int64)
+    if now.ndim:  # one clock per sensor
+        now = now[:n_sensors]
+    silent = (now - np.where(seen, lt, now)).astype(np.float64)
     return np.flatnonzero(seen & (exp > 0.0) & (silent > np.asarray(gap_factor[:n_sensors]) * exp))
 
 

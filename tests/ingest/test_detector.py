@@ -140,6 +140,50 @@ def test_a_silent_sensor_is_reported_once_by_the_timer_without_waiting_for_its_n
     assert any(getattr(f, "flags", 0) == int(Flag.STALE) for f in facts)
 
 
+def _device_batch(device: str, rows: list[tuple[str, int, float]], seq0: int) -> pa.RecordBatch:
+    n = len(rows)
+    return batch_from_columns({
+        "ts": [T0 + t * S for _, t, _ in rows], "recv_ts": [T0] * n, "site": ["plant1"] * n, "line": ["line1"] * n,
+        "device": [device] * n, "sensor": [s for s, _, _ in rows], "value": [1.0 + 0.01 * (t % 7) for _, t, _ in rows],
+        "quality": [0] * n, "seq": list(range(seq0, seq0 + n)), "lot": ["LOT-1"] * n,
+    })
+
+
+def test_a_device_whose_readings_come_late_is_not_silent_and_a_late_silence_is_reported_once(tmp_path):
+    """The one-hour soak: an edge back from a kill replayed minutes of spool through a window of 64
+    unacknowledged records, and on the loaded machine one PLC server lagged its neighbours by
+    minutes. Judged by the worker's newest reading, every sensor of the late device was silent
+    again at every check as its readings moved on: 1.4 M STALE episodes, 89 % of the ledger, and
+    the load of writing and anchoring them slowed the worker until the edge could not drain."""
+    cfg = load_config(None)
+    facts: list = []
+    ingest = Ingest(tmp_path, cfg.detect, cfg.sink, facts.extend)
+    live = [("a", t, 0.0) for t in range(60)]
+    ingest.process(_device_batch("plc1", live, 0), "edge1")
+    for node in ("edge1", "edge2"):  # the late device on the same edge node as the live one, or another
+        ingest.process(_device_batch(f"plc2-{node}", [("b", t, 0.0) for t in range(30)], 0), node)
+    assert ingest.check_stale() == []  # 30 s behind plc1, but nothing of them is silent
+    for k in range(10):  # and their readings move on, still far behind
+        for node in ("edge1", "edge2"):
+            ingest.process(_device_batch(f"plc2-{node}", [("b", 30 + 3 * k + t, 0.0) for t in range(3)], 30 + 3 * k),
+                           node)
+        assert ingest.check_stale() == []
+    # Within one node, a sensor whose late readings trickle in is one silence, not one per check.
+    ingest.process(_device_batch("plc1", [("c", t, 0.0) for t in range(60)], 60), "edge1")
+    ingest.process(_device_batch("plc1", [("a", 60 + t, 0.0) for t in range(60)], 120), "edge1")
+    first = ingest.check_stale()
+    assert [e.sensor for e in first] == ["plant1/line1/plc1/c"] and first[0].end_ns == T0 + 119 * S
+    for k in range(5):
+        ingest.process(_device_batch("plc1", [("c", 60 + k, 0.0)], 180 + k), "edge1")
+        assert ingest.check_stale() == []
+    ingest.process(_device_batch("plc1", [("c", 65 + t, 0.0) for t in range(55)], 190), "edge1")
+    assert ingest.check_stale() == []  # caught up: the silence is over
+    ingest.process(_device_batch("plc1", [("a", 120 + t, 0.0) for t in range(60)], 250), "edge1")
+    again = ingest.check_stale()
+    assert [e.sensor for e in again] == ["plant1/line1/plc1/c"] and again[0].start_ns == T0 + 119 * S
+    assert sum(getattr(f, "flags", 0) == int(Flag.STALE) for f in facts) == 2
+
+
 def test_a_lots_mean_kinetic_temperature_comes_from_its_readings(tmp_path):
     from ingest.detect.coldchain import mean_kinetic_temperature
     from ingest.query import lot_mkt
