@@ -320,10 +320,11 @@ class BackgroundCompactor:
         holder killed every minute or two (the one-hour soak killed a worker every 78 s) left
         compaction to holders that never reached their first pass: its last quarter ran 5 passes
         where the second ran 12, and the live file count rose from a median of 254 to 366."""
-        wait = min(self.every_s, self.lease_poll_s)
+        poll = min(self.every_s, self.lease_poll_s)
+        wait = poll
         while not self._stop.wait(wait):
             self.run_once()
-            wait = self.every_s if self.holds_lease else min(self.every_s, self.lease_poll_s)
+            wait = self.every_s if self.holds_lease else poll
 
     def confirm(self, files: list[CommittedFile]) -> None:
         """Ingest recorded these files' events in the ledger."""

@@ -209,9 +209,9 @@ class Ingest:
         """The data clock: the newest plausible source time seen (what off-delays and timers judge by)."""
         return self._now_ns
 
-    def _source_clocks(self) -> np.ndarray:
-        """Per sensor, the clock its silence is judged by: the newest reading of any sensor of the
-        same source (device)."""
+    def _source_clocks(self, last: np.ndarray) -> np.ndarray:
+        """Per sensor, the clock its silence is judged by: the newest of ``last`` (each sensor's
+        newest reading) over the sensors of the same source (device)."""
         from ingest.detect.robust import NEVER
 
         keys = self.detector.keys
@@ -219,7 +219,6 @@ class Ingest:
         if known < n:
             ids = [self._source_ids.setdefault(k.rpartition("/")[0], len(self._source_ids)) for k in keys[known:]]
             self._sensor_source = np.concatenate([self._sensor_source, np.array(ids, np.int64)])
-        last = self.detector.last_seen_all()
         clock = np.full(len(self._source_ids), NEVER, np.int64)
         np.maximum.at(clock, self._sensor_source[:n], last)
         return clock[self._sensor_source[:n]]
@@ -239,19 +238,17 @@ class Ingest:
         """
         if not len(self.detector.keys):
             return []
-        clocks = self._source_clocks()
+        last = self.detector.last_seen_all()
+        clocks = self._source_clocks(last)
         silent = set(self.detector.stale(clocks))
         self._stale &= silent  # heard in time since: the next silence is reported again
         out = []
         for s in sorted(silent - self._stale):
             if self._released and self.detector.keys[s].rpartition("/")[0] in self._released:
                 continue  # another worker holds its node now
-            last = self.detector.last_seen(s)
-            if last is None:
-                continue
-            self._stale.add(s)
-            out.append(Episode(self.detector.keys[s], last, int(clocks[s]), int(Flag.STALE), math.nan, math.nan, 0,
-                               None))
+            self._stale.add(s)  # only heard sensors are ever silent: last[s] is a time
+            out.append(Episode(self.detector.keys[s], int(last[s]), int(clocks[s]), int(Flag.STALE), math.nan,
+                               math.nan, 0, None))
         if out:
             self.stats.episodes += len(out)
             names = [e.sensor for e in out]

@@ -304,15 +304,6 @@ class Detector:
             return np.full(len(self.keys), robust.NEVER, np.int64)
         return np.asarray(self.state[robust.FAMILY.name]["last_ts"][: len(self.keys)], np.int64)
 
-    def last_seen(self, s: int) -> int | None:
-        """Source time of sensor ``s``'s newest reading (None if never heard)."""
-        from ingest.detect import robust
-
-        if robust.FAMILY.name not in self.state:
-            return None
-        t = int(self.state[robust.FAMILY.name]["last_ts"][s])
-        return None if t == robust.NEVER else t
-
     # ------------------------------------------------------------ checkpoint
 
     def state_dict(self, sensors: np.ndarray | None = None) -> dict[str, np.ndarray]:
